@@ -1,0 +1,56 @@
+"""nn.Modules only: backbones, heads, the classifier, and how to build one from a spec.
+
+Nothing here imports train/, export/ or handlers/; a checkpoint's `model_spec` dict is enough
+to rebuild the network anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from models.backbones import BACKBONES
+from models.classifier import OpenSetClassifier
+from models.linear_head import LinearHead
+from models.reciprocal_points import ReciprocalPointHead
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a classifier; stored in every checkpoint."""
+
+    arch: str
+    in_channels: int
+    num_classes: int
+    head: str  # "linear" | "reciprocal"
+    embed_dim: int = 128
+    width: float = 1.0
+    variant: str = "arpl"  # reciprocal head only
+    points_per_class: int = 1  # reciprocal head only
+    score: str = "mls"
+    mean: tuple[float, ...] = field(default=(0.5,))
+    std: tuple[float, ...] = field(default=(0.5,))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        data = dict(data, mean=tuple(data["mean"]), std=tuple(data["std"]))
+        return cls(**data)
+
+
+def build_classifier(spec: ModelSpec) -> OpenSetClassifier:
+    if spec.arch not in BACKBONES:
+        raise ValueError(f"unknown arch {spec.arch!r}; choose from {sorted(BACKBONES)}")
+    backbone = BACKBONES[spec.arch](spec.in_channels, spec.embed_dim, spec.width)
+    if spec.head == "linear":
+        head = LinearHead(spec.embed_dim, spec.num_classes, spec.score)
+    elif spec.head == "reciprocal":
+        head = ReciprocalPointHead(spec.embed_dim, spec.num_classes, spec.points_per_class,
+                                   spec.variant, spec.score)
+    else:
+        raise ValueError(f"unknown head {spec.head!r}; choose from linear, reciprocal")
+    return OpenSetClassifier(backbone, head, spec.mean, spec.std)
+
+
+__all__ = ["ModelSpec", "build_classifier", "OpenSetClassifier", "LinearHead",
+           "ReciprocalPointHead", "BACKBONES"]

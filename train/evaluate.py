@@ -1,0 +1,48 @@
+"""Score the test split and compute the open-set protocol's figures."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.calibration import accept_rate
+from train.metrics import auroc, closed_set_accuracy, oscr
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device,
+            batch_size: int = 512) -> dict[str, np.ndarray]:
+    """logits, the served unknown_score, and every alternative score the head defines."""
+    model.eval().to(device)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).to(device).float() / 255
+        outputs = model(x)
+        row = {"logits": outputs["logits"], "unknown_score": outputs["unknown_score"]}
+        row.update({f"score:{k}": v for k, v in model.head.all_scores(outputs).items()})
+        for key, value in row.items():
+            chunks.setdefault(key, []).append(value.float().cpu().numpy())
+    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+
+
+def open_set_metrics(known: dict[str, np.ndarray], known_labels: np.ndarray,
+                     unknown: dict[str, np.ndarray], threshold: float) -> dict:
+    """Closed-set accuracy, AUROC and OSCR for the served score and for every alternative."""
+    correct = known["logits"].argmax(1) == known_labels
+    per_score = {}
+    for key in known:
+        if key.startswith("score:"):
+            per_score[key[len("score:"):]] = {
+                "auroc": auroc(known[key], unknown[key]),
+                "oscr": oscr(known[key], correct, unknown[key]),
+            }
+    served_known, served_unknown = known["unknown_score"], unknown["unknown_score"]
+    return {
+        "closed_acc": closed_set_accuracy(known["logits"].argmax(1), known_labels),
+        "auroc": auroc(served_known, served_unknown),
+        "oscr": oscr(served_known, correct, served_unknown),
+        "threshold": threshold,
+        "known_accept_rate": accept_rate(served_known, threshold),
+        "unknown_reject_rate": 1 - accept_rate(served_unknown, threshold),
+        "scores": per_score,
+    }

@@ -1,0 +1,81 @@
+"""The training loop: SGD with warm-up + cosine decay, model selection on validation accuracy."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from train.augment import augment
+
+
+def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 N x C x H x W -> float [0, 1], channels-last (faster convolutions on CPU)."""
+    x = images.to(device).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norm layers, reciprocal points and the radius."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, param in module.named_parameters():
+            is_conv_or_fc = param.ndim > 1 and not name.endswith("points")
+            (decay if is_conv_or_fc else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             device: torch.device, batch_size: int = 512) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = model(_as_input(images[start:start + batch_size], device))["logits"]
+        correct += (logits.argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
+    return correct / max(1, len(images))
+
+
+def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor], *, epochs: int, batch_size: int, lr: float,
+        momentum: float, weight_decay: float, augmentation: str, seed: int,
+        device: torch.device, progress: bool = True) -> list[dict]:
+    """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties)."""
+    images, labels = train
+    model.to(device).to(memory_format=torch.channels_last)
+    loss_fn.to(device)
+    optimizer = torch.optim.SGD(_param_groups([model, loss_fn], weight_decay), lr=lr,
+                                momentum=momentum, nesterov=True)
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    total, warmup = epochs * steps_per_epoch, steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
+        (step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / total))))
+    generator = torch.Generator().manual_seed(seed)
+    best_acc, best_state, history = -1.0, None, []
+    bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(images), generator=generator)
+        running = 0.0
+        for start in range(0, len(images), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            x = augment(_as_input(images[idx], device), augmentation, generator)
+            loss = loss_fn(model(x), labels[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item() * len(idx)
+        val_acc = accuracy(model, *val, device)
+        history.append({"epoch": epoch + 1, "loss": running / len(images), "val_acc": val_acc})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_acc=f"{val_acc:.4f}")
+        if val_acc >= best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format).eval()
+    return history

@@ -1,0 +1,25 @@
+"""Reciprocal Point Learning loss (Chen et al., ECCV 2020).
+
+L = CE(l / T, y) + lambda * mean_i (d_e(z_i, P_{y_i}) - R)^2
+with l_k = d_e(z, P_k) from the reciprocal-point head and R its learnable radius: the
+open-space term keeps every known embedding at distance ~R from its class's reciprocal
+point, which bounds the space left to unknowns.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class ReciprocalPointLoss(nn.Module):
+    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1):
+        super().__init__()
+        self.temperature = temperature
+        self.open_space_weight = open_space_weight
+
+    def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        classification = F.cross_entropy(outputs["logits"] / self.temperature, target)
+        own_distance = outputs["distances"].gather(1, target[:, None]).squeeze(1)  # B
+        open_space = (own_distance - outputs["radius"]).pow(2).mean()
+        return classification + self.open_space_weight * open_space

@@ -1,0 +1,39 @@
+"""Plots every run writes: the ROC curve and the unknown-score histogram."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from train.metrics import roc_points  # noqa: E402
+
+
+def plot_roc(known: np.ndarray, unknown: np.ndarray, auroc: float, path: Path, title: str) -> None:
+    false_alarm, detection = roc_points(known, unknown)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(false_alarm, detection, label=f"AUROC {auroc:.4f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="known images flagged unknown", ylabel="unknown images flagged unknown",
+           title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_score_histogram(known: np.ndarray, unknown: np.ndarray, threshold: float,
+                         path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.histogram_bin_edges(np.concatenate([known, unknown]), bins=60)
+    ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"known classes (n={len(known)})")
+    ax.hist(unknown, bins=bins, alpha=0.6, density=True, label=f"unknown classes (n={len(unknown)})")
+    ax.axvline(threshold, c="k", ls="--", label=f"threshold {threshold:.3g}")
+    ax.set(xlabel="unknown_score (higher = more unknown)", ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,138 @@
+"""One training run: data -> open-set split -> fit -> calibrate -> evaluate -> run directory."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import ModelSpec, build_classifier
+from models import linear_head, reciprocal_points
+from models.backbones import BACKBONES
+from train.augment import AUGMENTATIONS
+from train.calibration import threshold_for_accept_rate
+from train.config import TrainConfig
+from train.datasets import ImageSet, load_dataset
+from train.errors import UserError
+from train.evaluate import open_set_metrics, predict
+from train.loop import fit
+from train.losses import LOSSES
+from train.plots import plot_roc, plot_score_histogram
+from train.splits import draw_known_classes, open_set_split, parse_known
+
+HEAD_OF_METHOD = {"softmax": "linear", "rpl": "reciprocal", "arpl": "reciprocal"}
+SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.SCORES}
+DEFAULT_SCORE = {"softmax": "mls", "rpl": "mls", "arpl": "mls"}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject bad settings before any work, with a message naming the setting."""
+    if cfg.method not in LOSSES:
+        raise UserError(f"unknown method {cfg.method!r}; choose from {', '.join(LOSSES)}")
+    if cfg.arch not in BACKBONES:
+        raise UserError(f"unknown arch {cfg.arch!r}; choose from {', '.join(BACKBONES)}")
+    if cfg.augment is not None and cfg.augment not in AUGMENTATIONS:
+        raise UserError(f"unknown augment {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
+    scores = SCORES_OF_HEAD[HEAD_OF_METHOD[cfg.method]]
+    if cfg.score is not None and cfg.score not in scores:
+        raise UserError(f"--score {cfg.score!r} is not defined for {cfg.method}; "
+                        f"choose from {', '.join(scores)}")
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                "embed_dim": cfg.embed_dim, "width": cfg.width, "temperature": cfg.temperature,
+                "points_per_class": cfg.points_per_class}
+    for name, value in positive.items():
+        if not value > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if not 0 < cfg.accept_rate <= 1:
+        raise UserError(f"--accept-rate must be in (0, 1], got {cfg.accept_rate}")
+    if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
+            and cfg.val_fraction + cfg.test_fraction < 1):
+        raise UserError("--val-fraction and --test-fraction must be in (0, 1) with sum < 1")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device")
+
+
+def build_loss(cfg: TrainConfig) -> torch.nn.Module:
+    if cfg.method == "softmax":
+        return LOSSES["softmax"]()
+    return LOSSES[cfg.method](temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
+
+
+def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: np.ndarray) -> ModelSpec:
+    pixels = train_images.astype(np.float32) / 255  # N x C x H x W
+    return ModelSpec(
+        arch=cfg.arch, in_channels=data.images.shape[1], num_classes=num_known,
+        head=HEAD_OF_METHOD[cfg.method], embed_dim=cfg.embed_dim, width=cfg.width,
+        variant=cfg.method if cfg.method in ("rpl", "arpl") else "arpl",
+        points_per_class=cfg.points_per_class,
+        score=cfg.score or DEFAULT_SCORE[cfg.method],
+        mean=tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
+        std=tuple(float(s) + 1e-6 for s in pixels.std(axis=(0, 2, 3))),
+    )
+
+
+def run(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train and evaluate one model; write checkpoint, config, metrics and plots to cfg.out."""
+    validate(cfg)
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {cfg.out}: cannot create directory ({exc.strerror})") from None
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+
+    data = load_dataset(cfg.dataset)
+    known = (parse_known(cfg.known, data.class_names) if cfg.known
+             else draw_known_classes(data.num_classes, cfg.num_known, cfg.split_seed))
+    split = open_set_split(data.labels, known, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+    labels = split.relabel(data.labels)
+    spec = model_spec(cfg, data, len(known), data.images[split.train])
+    model = build_classifier(spec)
+    augmentation = cfg.augment or ("affine-flip" if data.images.shape[1] == 3 else "affine")
+
+    def tensors(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(data.images[idx]), torch.from_numpy(labels[idx])
+
+    started = time.perf_counter()
+    history = fit(model, build_loss(cfg), tensors(split.train), tensors(split.val),
+                  epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                  weight_decay=cfg.weight_decay, augmentation=augmentation, seed=cfg.seed,
+                  device=device, progress=progress)
+    train_seconds = time.perf_counter() - started
+
+    val = predict(model, data.images[split.val], device)
+    threshold = threshold_for_accept_rate(val["unknown_score"], cfg.accept_rate)
+    test_known = predict(model, data.images[split.test_known], device)
+    test_unknown = predict(model, data.images[split.test_unknown], device)
+    metrics = open_set_metrics(test_known, labels[split.test_known], test_unknown, threshold)
+    metrics.update({
+        "method": cfg.method, "score": spec.score, "dataset": data.name,
+        "known_classes": [data.class_names[c] for c in known],
+        "unknown_classes": [n for i, n in enumerate(data.class_names) if i not in known],
+        "threshold_rule": f"accepts {cfg.accept_rate:.0%} of known validation images",
+        "best_val_acc": max(h["val_acc"] for h in history),
+        "n_train": len(split.train), "n_val": len(split.val),
+        "n_test_known": len(split.test_known), "n_test_unknown": len(split.test_unknown),
+        "train_seconds": train_seconds, "augment": augmentation,
+        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+                    "device": str(device)},
+        "history": history,
+    })
+
+    torch.save({
+        "model_spec": spec.to_dict(), "state_dict": model.state_dict(),
+        "class_names": list(metrics["known_classes"]), "threshold": threshold,
+        "threshold_rule": metrics["threshold_rule"], "method": cfg.method,
+    }, out / "model.pt")
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    title = f"{cfg.method} ({spec.score}) on {data.name}"
+    plot_roc(test_known["unknown_score"], test_unknown["unknown_score"], metrics["auroc"],
+             out / "roc.png", title)
+    plot_score_histogram(test_known["unknown_score"], test_unknown["unknown_score"], threshold,
+                         out / "unknown_scores.png", title)
+    return metrics

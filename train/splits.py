@@ -1,0 +1,67 @@
+"""Open-set splits: known classes are split train/val/test; unknown classes reach test only."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from train.errors import UserError
+
+
+@dataclass(frozen=True)
+class OpenSetSplit:
+    known_classes: tuple[int, ...]  # original class ids; position = training label
+    train: np.ndarray  # indices into the dataset, known classes only
+    val: np.ndarray  # known classes only: model selection and threshold calibration
+    test_known: np.ndarray
+    test_unknown: np.ndarray  # every image of every unknown class
+
+    def relabel(self, labels: np.ndarray) -> np.ndarray:
+        """Original class ids -> 0..K-1 in `known_classes` order (-1 for unknown classes)."""
+        lookup = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
+        lookup[list(self.known_classes)] = np.arange(len(self.known_classes))
+        return lookup[labels]
+
+
+def draw_known_classes(num_classes: int, num_known: int, split_seed: int) -> tuple[int, ...]:
+    """The split_seed-th random choice of `num_known` known classes (the standard 6/4 splits)."""
+    if not 1 < num_known <= num_classes:
+        raise UserError(f"need 2..{num_classes} known classes, got {num_known}")
+    rng = np.random.default_rng(split_seed)
+    return tuple(sorted(int(c) for c in rng.permutation(num_classes)[:num_known]))
+
+
+def parse_known(text: str, class_names: Sequence[str]) -> tuple[int, ...]:
+    """'0,1,2' -> class indices; each item may be an index or a class name."""
+    known = []
+    for item in (part.strip() for part in text.split(",")):
+        if item in class_names:
+            known.append(class_names.index(item))
+        elif item.isdigit() and int(item) < len(class_names):
+            known.append(int(item))
+        else:
+            raise UserError(f"--known names class {item!r}, which the dataset does not have "
+                            f"(classes: {', '.join(class_names)})")
+    if len(set(known)) != len(known) or len(known) < 2:
+        raise UserError(f"--known needs at least 2 distinct classes, got {text!r}")
+    return tuple(known)
+
+
+def open_set_split(labels: np.ndarray, known_classes: Sequence[int], split_seed: int,
+                   val_fraction: float = 0.1, test_fraction: float = 0.2) -> OpenSetSplit:
+    """Stratified split of each known class; unknown classes go to test in full."""
+    rng = np.random.default_rng(10_000 + split_seed)
+    train, val, test = [], [], []
+    for cls in known_classes:
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = int(round(test_fraction * len(members)))
+        n_val = max(1, int(round(val_fraction * len(members))))
+        if len(members) - n_test - n_val < 1:
+            raise UserError(f"class {cls} has only {len(members)} images; too few to split")
+        test.append(members[:n_test])
+        val.append(members[n_test:n_test + n_val])
+        train.append(members[n_test + n_val:])
+    unknown = np.flatnonzero(~np.isin(labels, list(known_classes)))
+    return OpenSetSplit(tuple(int(c) for c in known_classes), np.sort(np.concatenate(train)),
+                        np.sort(np.concatenate(val)), np.sort(np.concatenate(test)), unknown)
