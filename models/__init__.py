@@ -43,9 +43,9 @@ def build_classifier(spec: ModelSpec) -> OpenSetClassifier:
         raise ValueError(f"unknown arch {spec.arch!r}; choose from {sorted(BACKBONES)}")
     backbone = BACKBONES[spec.arch](spec.in_channels, spec.embed_dim, spec.width)
     if spec.head == "linear":
-        head = LinearHead(spec.embed_dim, spec.num_classes, spec.score)
+        head = LinearHead(backbone.embed_dim, spec.num_classes, spec.score)
     elif spec.head == "reciprocal":
-        head = ReciprocalPointHead(spec.embed_dim, spec.num_classes, spec.points_per_class,
+        head = ReciprocalPointHead(backbone.embed_dim, spec.num_classes, spec.points_per_class,
                                    spec.variant, spec.score)
     else:
         raise ValueError(f"unknown head {spec.head!r}; choose from linear, reciprocal")

@@ -29,8 +29,8 @@ class SmallCNN(nn.Module):
             _conv_bn(c2, c3), _conv_bn(c3, c3),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.project = nn.Linear(c3, embed_dim)
-        self.embed_dim = embed_dim
+        self.project = nn.Linear(c3, embed_dim) if embed_dim else nn.Identity()
+        self.embed_dim = embed_dim or c3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.features(x))  # B x D

@@ -41,11 +41,17 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--score {cfg.score!r} is not defined for {cfg.method}; "
                         f"choose from {', '.join(scores)}")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "embed_dim": cfg.embed_dim, "width": cfg.width, "temperature": cfg.temperature,
+                "width": cfg.width, "temperature": cfg.temperature,
                 "points_per_class": cfg.points_per_class}
     for name, value in positive.items():
         if not value > 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if cfg.confusing and cfg.method == "softmax":
+        raise UserError("--confusing needs a reciprocal-point method (rpl or arpl)")
+    if not 0 <= cfg.confusing <= 1:
+        raise UserError(f"--confusing must be in [0, 1], got {cfg.confusing}")
+    if cfg.embed_dim < 0:
+        raise UserError(f"--embed-dim must be >= 0 (0: the pooled features), got {cfg.embed_dim}")
     if not 0 < cfg.accept_rate <= 1:
         raise UserError(f"--accept-rate must be in (0, 1], got {cfg.accept_rate}")
     if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
@@ -58,7 +64,8 @@ def validate(cfg: TrainConfig) -> None:
 def build_loss(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.method == "softmax":
         return LOSSES["softmax"]()
-    return LOSSES[cfg.method](temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
+    return LOSSES[cfg.method](temperature=cfg.temperature, open_space_weight=cfg.open_space_weight,
+                              confusing_weight=cfg.confusing_weight)
 
 
 def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: np.ndarray) -> ModelSpec:
@@ -101,7 +108,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     history = fit(model, build_loss(cfg), tensors(split.train), tensors(split.val),
                   epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, augmentation=augmentation, seed=cfg.seed,
-                  device=device, progress=progress)
+                  device=device, confusing=cfg.confusing, progress=progress)
     train_seconds = time.perf_counter() - started
 
     val = predict(model, data.images[split.val], device)

@@ -1,0 +1,45 @@
+"""Shared fixtures: seeded RNGs, a tiny model per head type, a tiny seeded problem."""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models import ModelSpec, build_classifier  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def tiny_spec(method: str) -> ModelSpec:
+    head = "linear" if method == "softmax" else "reciprocal"
+    variant = method if method in ("rpl", "arpl") else "arpl"
+    return ModelSpec(arch="small_cnn", in_channels=1, num_classes=3, head=head, embed_dim=16,
+                     width=0.25, variant=variant)
+
+
+@pytest.fixture
+def tiny_problem():
+    """Three linearly separable classes of 8x8 grey images: class k lights up column block k."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(8)  # 24
+    images = 0.1 * torch.rand(24, 1, 8, 8, generator=generator)
+    for i, k in enumerate(labels.tolist()):
+        images[i, 0, :, 2 * k:2 * k + 3] += 0.8
+    return images.clamp(0, 1), labels
+
+
+@pytest.fixture
+def tiny_model():
+    return lambda method: build_classifier(tiny_spec(method))
