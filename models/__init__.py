@@ -26,6 +26,7 @@ class ModelSpec:
     variant: str = "arpl"  # reciprocal head only
     points_per_class: int = 1  # reciprocal head only
     score: str = "mls"
+    feature_scale: float = 0.0  # reciprocal head only; > 0 L2-normalises z to this norm
     mean: tuple[float, ...] = field(default=(0.5,))
     std: tuple[float, ...] = field(default=(0.5,))
 
@@ -46,7 +47,7 @@ def build_classifier(spec: ModelSpec) -> OpenSetClassifier:
         head = LinearHead(backbone.embed_dim, spec.num_classes, spec.score)
     elif spec.head == "reciprocal":
         head = ReciprocalPointHead(backbone.embed_dim, spec.num_classes, spec.points_per_class,
-                                   spec.variant, spec.score)
+                                   spec.variant, spec.score, spec.feature_scale)
     else:
         raise ValueError(f"unknown head {spec.head!r}; choose from linear, reciprocal")
     return OpenSetClassifier(backbone, head, spec.mean, spec.std)

@@ -39,7 +39,7 @@ class ReciprocalPointHead(nn.Module):
     """K*M reciprocal points and the open-space radius R; logits, distances, unknown score."""
 
     def __init__(self, embed_dim: int, num_classes: int, points_per_class: int = 1,
-                 variant: str = "arpl", score: str = "mls"):
+                 variant: str = "arpl", score: str = "mls", feature_scale: float = 0.0):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
@@ -52,6 +52,7 @@ class ReciprocalPointHead(nn.Module):
         self.points_per_class = points_per_class
         self.variant = variant
         self.score = score
+        self.feature_scale = feature_scale  # > 0: z -> feature_scale * z / ||z|| first
 
     def point_distances(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(d_e, d_d), each B x K, averaged over each class's M points."""
@@ -63,6 +64,8 @@ class ReciprocalPointHead(nn.Module):
         return euclidean.reshape(shape).mean(2), dot.reshape(shape).mean(2)
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.feature_scale > 0:
+            z = self.feature_scale * torch.nn.functional.normalize(z, dim=1)
         euclidean, dot = self.point_distances(z)  # B x K each
         logits = euclidean if self.variant == "rpl" else euclidean - dot
         return {

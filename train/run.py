@@ -74,7 +74,7 @@ def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: n
         arch=cfg.arch, in_channels=data.images.shape[1], num_classes=num_known,
         head=HEAD_OF_METHOD[cfg.method], embed_dim=cfg.embed_dim, width=cfg.width,
         variant=cfg.method if cfg.method in ("rpl", "arpl") else "arpl",
-        points_per_class=cfg.points_per_class,
+        points_per_class=cfg.points_per_class, feature_scale=cfg.feature_scale,
         score=cfg.score or DEFAULT_SCORE[cfg.method],
         mean=tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
         std=tuple(float(s) + 1e-6 for s in pixels.std(axis=(0, 2, 3))),
