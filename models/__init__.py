@@ -21,7 +21,6 @@ class ModelSpec:
     in_channels: int
     num_classes: int
     head: str  # "linear" | "reciprocal"
-    embed_dim: int = 128
     width: float = 1.0
     variant: str = "arpl"  # reciprocal head only
     points_per_class: int = 1  # reciprocal head only
@@ -42,7 +41,7 @@ class ModelSpec:
 def build_classifier(spec: ModelSpec) -> OpenSetClassifier:
     if spec.arch not in BACKBONES:
         raise ValueError(f"unknown arch {spec.arch!r}; choose from {sorted(BACKBONES)}")
-    backbone = BACKBONES[spec.arch](spec.in_channels, spec.embed_dim, spec.width)
+    backbone = BACKBONES[spec.arch](spec.in_channels, spec.width)
     if spec.head == "linear":
         head = LinearHead(backbone.embed_dim, spec.num_classes, spec.score)
     elif spec.head == "reciprocal":

@@ -1,4 +1,8 @@
-"""Feature extractors: images (normalised) -> embedding z, B x D."""
+"""Feature extractors: images (normalised) -> embedding z, B x D.
+
+The embedding is the globally average-pooled output of the last ReLU block (non-negative),
+as in the official ARPL networks; heads sit directly on it.
+"""
 from __future__ import annotations
 
 import torch
@@ -20,7 +24,7 @@ class SmallCNN(nn.Module):
     `width` multiplies every channel count (width 0.5 has about a quarter of the multiply-adds).
     """
 
-    def __init__(self, in_channels: int = 1, embed_dim: int = 128, width: float = 1.0):
+    def __init__(self, in_channels: int = 1, width: float = 1.0):
         super().__init__()
         c1, c2, c3 = (max(4, int(round(c * width))) for c in (32, 64, 128))
         self.features = nn.Sequential(
@@ -29,11 +33,10 @@ class SmallCNN(nn.Module):
             _conv_bn(c2, c3), _conv_bn(c3, c3),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.project = nn.Linear(c3, embed_dim) if embed_dim else nn.Identity()
-        self.embed_dim = embed_dim or c3
+        self.embed_dim = c3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.features(x))  # B x D
+        return self.features(x)  # B x D, D = embed_dim
 
 
 class BasicBlock(nn.Module):
@@ -60,7 +63,7 @@ class BasicBlock(nn.Module):
 class CifarResNet18(nn.Module):
     """ResNet-18 for 32x32 RGB images: 3x3 stem, no max-pool, four stages of two blocks."""
 
-    def __init__(self, in_channels: int = 3, embed_dim: int = 128, width: float = 1.0):
+    def __init__(self, in_channels: int = 3, width: float = 1.0):
         super().__init__()
         widths = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
         layers: list[nn.Module] = [_conv_bn(in_channels, widths[0])]
@@ -72,11 +75,10 @@ class CifarResNet18(nn.Module):
                 previous = channels
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
-        self.project = nn.Linear(previous, embed_dim)
-        self.embed_dim = embed_dim
+        self.embed_dim = previous
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.features(x))  # B x D
+        return self.features(x)  # B x D, D = embed_dim
 
 
 BACKBONES = {"small_cnn": SmallCNN, "resnet18": CifarResNet18}

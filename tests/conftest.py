@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import ModelSpec, build_classifier  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +26,10 @@ def seed_everything():
 def tiny_spec(method: str) -> ModelSpec:
     head = "linear" if method == "softmax" else "reciprocal"
     variant = method if method in ("rpl", "arpl") else "arpl"
-    return ModelSpec(arch="small_cnn", in_channels=1, num_classes=3, head=head, embed_dim=16,
-                     width=0.25, variant=variant)
+    defaults = TrainConfig()  # the project's default head settings, on a tiny backbone
+    return ModelSpec(arch="small_cnn", in_channels=1, num_classes=3, head=head, width=0.25,
+                     variant=variant, points_per_class=defaults.points_per_class,
+                     feature_scale=defaults.feature_scale)
 
 
 @pytest.fixture

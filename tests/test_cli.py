@@ -63,4 +63,5 @@ def test_bad_input_gives_one_line_error_and_exit_2(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) <= 2  # argparse adds a usage line
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.startswith("error: ")

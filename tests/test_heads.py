@@ -66,9 +66,20 @@ def test_classifier_output_shapes(arch, channels, size):
     assert out["logits"].shape == (5, 6)
     assert out["distances"].shape == (5, 6)
     assert out["unknown_score"].shape == (5,)
-    assert out["embedding"].shape == (5, 128)
+    assert out["embedding"].shape == (5, model.backbone.embed_dim)
 
 
 def test_spec_round_trips_through_dict():
     spec = ModelSpec(arch="small_cnn", in_channels=1, num_classes=6, head="linear", mean=(0.1,))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_feature_scale_makes_the_head_ignore_embedding_norm():
+    head = ReciprocalPointHead(4, 3, points_per_class=2, feature_scale=8.0)
+    z = torch.rand(5, 4) + 0.1
+    small, large = head(z), head(10 * z)
+    assert torch.allclose(small["logits"], large["logits"], atol=1e-5)
+    # with the scale, ||z|| is fixed at 8: d_e = (64 + ||P||^2 - 2 z.P) / D
+    zn = 8 * torch.nn.functional.normalize(z, dim=1)
+    expected = (zn[:, None, None, :] - head.points.view(3, 2, 4)[None]).pow(2).mean(3).mean(2)
+    assert torch.allclose(small["distances"], expected, atol=1e-5)

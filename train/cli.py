@@ -31,12 +31,19 @@ HELP = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints one line (not the whole usage) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser = OneLineErrorParser(prog="python -m train", description=__doc__)
     parser.add_argument("--config", help="YAML file of defaults (keys as below, with underscores)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = type(field.default) if field.default is not None else str
+        kind = next((t for t in (int, float) if t.__name__ in str(field.type)), str)
         parser.add_argument(flag, type=kind, default=field.default, help=HELP.get(field.name))
     return parser
 

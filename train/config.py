@@ -17,7 +17,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     arch: str = "small_cnn"
-    embed_dim: int = 128
     width: float = 1.0
     epochs: int = 30
     batch_size: int = 64
@@ -26,10 +25,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     augment: str | None = None  # none | affine | affine-flip; None = the dataset's default
     score: str | None = None  # served unknown score; None = the method's default
-    temperature: float = 1.0
+    temperature: float | None = None  # None = the method's default (rpl 0.1, arpl 1.0)
     open_space_weight: float = 0.1
-    points_per_class: int = 1
-    feature_scale: float = 0.0  # > 0: L2-normalise the embedding to this norm (rpl/arpl)
+    points_per_class: int = 4
+    feature_scale: float = 8.0  # > 0: L2-normalise the embedding to this norm (rpl/arpl)
     confusing: float = 0.0  # confusing samples per batch, as a fraction of the batch (rpl/arpl)
     confusing_weight: float = 0.1  # beta of the uncertainty term on them
     accept_rate: float = 0.95  # threshold accepts this fraction of known validation images

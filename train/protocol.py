@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from train.cli import OneLineErrorParser
 from train.config import TrainConfig
 from train.errors import UserError
 
@@ -69,7 +70,7 @@ def plot(summary: dict[str, dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.protocol", description=__doc__)
+    parser = OneLineErrorParser(prog="python -m train.protocol", description=__doc__)
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--out", default="runs/protocol")
     parser.add_argument("--splits", type=int, default=5, help="split seeds 0..N-1")

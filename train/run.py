@@ -1,6 +1,7 @@
 """One training run: data -> open-set split -> fit -> calibrate -> evaluate -> run directory."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -26,6 +27,19 @@ from train.splits import draw_known_classes, open_set_split, parse_known
 HEAD_OF_METHOD = {"softmax": "linear", "rpl": "reciprocal", "arpl": "reciprocal"}
 SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.SCORES}
 DEFAULT_SCORE = {"softmax": "mls", "rpl": "mls", "arpl": "mls"}
+# RPL's logits are d_e / D alone, an order of magnitude flatter than ARPL's d_e - d_d on the
+# same normalised features, so it needs a lower softmax temperature to train at the same pace.
+DEFAULT_TEMPERATURE = {"softmax": 1.0, "rpl": 0.1, "arpl": 1.0}
+
+
+def resolve(cfg: TrainConfig, in_channels: int) -> TrainConfig:
+    """Fill the settings left to the method's or the data's defaults (written to config.json)."""
+    return dataclasses.replace(
+        cfg,
+        score=cfg.score or DEFAULT_SCORE[cfg.method],
+        temperature=cfg.temperature or DEFAULT_TEMPERATURE[cfg.method],
+        augment=cfg.augment or ("affine-flip" if in_channels == 3 else "affine"),
+    )
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -41,7 +55,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--score {cfg.score!r} is not defined for {cfg.method}; "
                         f"choose from {', '.join(scores)}")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "width": cfg.width, "temperature": cfg.temperature,
+                "width": cfg.width, "temperature": cfg.temperature or 1.0,
                 "points_per_class": cfg.points_per_class}
     for name, value in positive.items():
         if not value > 0:
@@ -50,8 +64,6 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--confusing needs a reciprocal-point method (rpl or arpl)")
     if not 0 <= cfg.confusing <= 1:
         raise UserError(f"--confusing must be in [0, 1], got {cfg.confusing}")
-    if cfg.embed_dim < 0:
-        raise UserError(f"--embed-dim must be >= 0 (0: the pooled features), got {cfg.embed_dim}")
     if not 0 < cfg.accept_rate <= 1:
         raise UserError(f"--accept-rate must be in (0, 1], got {cfg.accept_rate}")
     if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
@@ -72,10 +84,10 @@ def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: n
     pixels = train_images.astype(np.float32) / 255  # N x C x H x W
     return ModelSpec(
         arch=cfg.arch, in_channels=data.images.shape[1], num_classes=num_known,
-        head=HEAD_OF_METHOD[cfg.method], embed_dim=cfg.embed_dim, width=cfg.width,
+        head=HEAD_OF_METHOD[cfg.method], width=cfg.width,
         variant=cfg.method if cfg.method in ("rpl", "arpl") else "arpl",
         points_per_class=cfg.points_per_class, feature_scale=cfg.feature_scale,
-        score=cfg.score or DEFAULT_SCORE[cfg.method],
+        score=cfg.score,
         mean=tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
         std=tuple(float(s) + 1e-6 for s in pixels.std(axis=(0, 2, 3))),
     )
@@ -93,13 +105,13 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     device = torch.device(cfg.device)
 
     data = load_dataset(cfg.dataset)
+    cfg = resolve(cfg, data.images.shape[1])
     known = (parse_known(cfg.known, data.class_names) if cfg.known
              else draw_known_classes(data.num_classes, cfg.num_known, cfg.split_seed))
     split = open_set_split(data.labels, known, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
     labels = split.relabel(data.labels)
     spec = model_spec(cfg, data, len(known), data.images[split.train])
     model = build_classifier(spec)
-    augmentation = cfg.augment or ("affine-flip" if data.images.shape[1] == 3 else "affine")
 
     def tensors(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(data.images[idx]), torch.from_numpy(labels[idx])
@@ -107,7 +119,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     history = fit(model, build_loss(cfg), tensors(split.train), tensors(split.val),
                   epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                  weight_decay=cfg.weight_decay, augmentation=augmentation, seed=cfg.seed,
+                  weight_decay=cfg.weight_decay, augmentation=cfg.augment, seed=cfg.seed,
                   device=device, confusing=cfg.confusing, progress=progress)
     train_seconds = time.perf_counter() - started
 
@@ -124,7 +136,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         "best_val_acc": max(h["val_acc"] for h in history),
         "n_train": len(split.train), "n_val": len(split.val),
         "n_test_known": len(split.test_known), "n_test_unknown": len(split.test_unknown),
-        "train_seconds": train_seconds, "augment": augmentation,
+        "train_seconds": train_seconds, "augment": cfg.augment,
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
                     "device": str(device)},
         "history": history,
