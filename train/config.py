@@ -29,8 +29,6 @@ class TrainConfig:
     open_space_weight: float = 0.1
     points_per_class: int = 4
     feature_scale: float = 8.0  # > 0: L2-normalise the embedding to this norm (rpl/arpl)
-    confusing: float = 0.0  # confusing samples per batch, as a fraction of the batch (rpl/arpl)
-    confusing_weight: float = 0.1  # beta of the uncertainty term on them
     accept_rate: float = 0.95  # threshold accepts this fraction of known validation images
 
     def to_dict(self) -> dict:

@@ -9,7 +9,6 @@ from torch import nn
 from tqdm import tqdm
 
 from train.augment import augment
-from train.confusing import CONFUSING_LABEL, between_class_mixtures
 
 
 def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -43,12 +42,8 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor], *, epochs: int, batch_size: int, lr: float,
         momentum: float, weight_decay: float, augmentation: str, seed: int,
-        device: torch.device, confusing: float = 0.0, progress: bool = True) -> list[dict]:
-    """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties).
-
-    `confusing` > 0 appends that fraction of the batch as between-class mixtures labelled -1
-    (ARPL+CS-style confusing samples; only the reciprocal-point losses use them).
-    """
+        device: torch.device, progress: bool = True) -> list[dict]:
+    """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties)."""
     images, labels = train
     model.to(device).to(memory_format=torch.channels_last)
     loss_fn.to(device)
@@ -70,12 +65,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             x = augment(_as_input(images[idx], device), augmentation, generator)
-            y = labels[idx].to(device)
-            if confusing > 0:
-                mixed = between_class_mixtures(x, y, int(confusing * len(idx)), generator)
-                x = torch.cat([x, mixed])
-                y = torch.cat([y, y.new_full((len(mixed),), CONFUSING_LABEL)])
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x), labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

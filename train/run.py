@@ -36,9 +36,10 @@ def resolve(cfg: TrainConfig, in_channels: int) -> TrainConfig:
     """Fill the settings left to the method's or the data's defaults (written to config.json)."""
     return dataclasses.replace(
         cfg,
-        score=cfg.score or DEFAULT_SCORE[cfg.method],
-        temperature=cfg.temperature or DEFAULT_TEMPERATURE[cfg.method],
-        augment=cfg.augment or ("affine-flip" if in_channels == 3 else "affine"),
+        score=DEFAULT_SCORE[cfg.method] if cfg.score is None else cfg.score,
+        temperature=DEFAULT_TEMPERATURE[cfg.method] if cfg.temperature is None else cfg.temperature,
+        augment=("affine-flip" if in_channels == 3 else "affine") if cfg.augment is None
+        else cfg.augment,
     )
 
 
@@ -55,15 +56,17 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--score {cfg.score!r} is not defined for {cfg.method}; "
                         f"choose from {', '.join(scores)}")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "width": cfg.width, "temperature": cfg.temperature or 1.0,
-                "points_per_class": cfg.points_per_class}
+                "width": cfg.width, "points_per_class": cfg.points_per_class}
+    if cfg.temperature is not None:
+        positive["temperature"] = cfg.temperature
     for name, value in positive.items():
         if not value > 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-    if cfg.confusing and cfg.method == "softmax":
-        raise UserError("--confusing needs a reciprocal-point method (rpl or arpl)")
-    if not 0 <= cfg.confusing <= 1:
-        raise UserError(f"--confusing must be in [0, 1], got {cfg.confusing}")
+    non_negative = {"feature_scale": cfg.feature_scale, "weight_decay": cfg.weight_decay,
+                    "open_space_weight": cfg.open_space_weight, "momentum": cfg.momentum}
+    for name, value in non_negative.items():
+        if not value >= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if not 0 < cfg.accept_rate <= 1:
         raise UserError(f"--accept-rate must be in (0, 1], got {cfg.accept_rate}")
     if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
@@ -76,8 +79,7 @@ def validate(cfg: TrainConfig) -> None:
 def build_loss(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.method == "softmax":
         return LOSSES["softmax"]()
-    return LOSSES[cfg.method](temperature=cfg.temperature, open_space_weight=cfg.open_space_weight,
-                              confusing_weight=cfg.confusing_weight)
+    return LOSSES[cfg.method](temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
 
 
 def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: np.ndarray) -> ModelSpec:
@@ -120,7 +122,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     history = fit(model, build_loss(cfg), tensors(split.train), tensors(split.val),
                   epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, augmentation=cfg.augment, seed=cfg.seed,
-                  device=device, confusing=cfg.confusing, progress=progress)
+                  device=device, progress=progress)
     train_seconds = time.perf_counter() - started
 
     val = predict(model, data.images[split.val], device)

@@ -10,22 +10,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from train.confusing import CONFUSING_LABEL, uncertainty_loss
-
 
 class AdversarialReciprocalPointLoss(nn.Module):
-    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1,
-                 confusing_weight: float = 0.1):
+    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1):
         super().__init__()
         self.temperature = temperature
         self.open_space_weight = open_space_weight
-        self.confusing_weight = confusing_weight
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        known = target != CONFUSING_LABEL  # confusing samples (label -1) only feed the last term
         logits = outputs["logits"] / self.temperature  # B x K
-        own_distance = outputs["distances"][known].gather(1, target[known, None]).squeeze(1)
+        own_distance = outputs["distances"].gather(1, target[:, None]).squeeze(1)  # B
         open_space = F.relu(own_distance - outputs["radius"] + 1).mean()
-        return (F.cross_entropy(logits[known], target[known])
-                + self.open_space_weight * open_space
-                + self.confusing_weight * uncertainty_loss(logits[~known]))
+        return F.cross_entropy(logits, target) + self.open_space_weight * open_space
