@@ -1,5 +1,6 @@
 """The CLI end to end: a tiny real run, and one-line errors with exit code 2."""
 import json
+import math
 import subprocess
 import sys
 
@@ -18,9 +19,10 @@ def test_tiny_run_writes_a_complete_run_directory(tmp_path):
     for name in ("model.pt", "config.json", "metrics.json", "roc.png", "unknown_scores.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("closed_acc", "auroc", "oscr", "threshold", "train_seconds",
-                "known_accept_rate", "unknown_reject_rate"):
-        assert isinstance(metrics[key], float), key
+    for key in ("closed_acc", "auroc", "oscr", "known_accept_rate", "unknown_reject_rate"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert math.isfinite(metrics["threshold"]) and metrics["train_seconds"] > 0
+    assert metrics["known_accept_rate"] > 0.5  # the 95% validation threshold carries over
     assert metrics["known_classes"] == ["0", "1", "2", "3", "4", "5"]
     assert metrics["unknown_classes"] == ["6", "7", "8", "9"]
     assert metrics["closed_acc"] > 0.5  # two epochs on digits already beat chance (1/6) by far
@@ -44,8 +46,20 @@ def run_cli(*args, cwd):
 
 def bad_inputs(tmp_path):
     np.savez(tmp_path / "noxy.npz", images=np.zeros((3, 4, 4)))
+    np.save(tmp_path / "plain.npy", np.zeros((3, 4, 4)))
     (tmp_path / "empty").mkdir()
+    (tmp_path / "extra.yaml").write_text("epochs: 3\nlearning_rate: 0.1\n")
+    (tmp_path / "typed.yaml").write_text("epochs: 2.5\n")
     return [
+        (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+        (["--batch-size", "1"], "--batch-size must be >= 2"),
+        (["--split-seed", "-1"], "--seed and --split-seed must be >= 0"),
+        (["--num-known", "10"], "--num-known must be 2..9"),
+        (["--known", "0,1,2,3,4,5,6,7,8,9"], "at least one must stay unknown"),
+        (["--dataset", f"npz:{tmp_path / 'plain.npy'}"], "not an .npz archive"),
+        (["--config", str(tmp_path / "extra.yaml")], "unknown keys ['learning_rate']"),
+        (["--config", str(tmp_path / "typed.yaml")], "invalid int value: '2.5'"),
+        (["--config", str(tmp_path / "none.yaml")], "cannot read"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["--known", "0,1,12"], "--known names class '12'"),
         (["--dataset", f"folder:{tmp_path / 'empty'}"], "no images found"),
@@ -65,3 +79,26 @@ def test_bad_input_gives_one_line_error_and_exit_2(tmp_path):
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert result.stderr.startswith("error: ")
+
+
+def test_config_file_supplies_defaults_and_flags_win(tmp_path):
+    from train.cli import parse_config
+
+    (tmp_path / "c.yaml").write_text("epochs: 7\nknown: [0, 2, 4]\nlr: 0.2\n")
+    cfg, _ = parse_config(["--config", str(tmp_path / "c.yaml"), "--lr", "0.01"])
+    assert (cfg.epochs, cfg.known, cfg.lr) == (7, "0,2,4", 0.01)
+
+
+def test_tiny_protocol_writes_the_table(tmp_path):
+    from train.protocol import main as protocol_main
+
+    out = tmp_path / "protocol"
+    assert protocol_main(["--dataset", "digits", "--splits", "2", "--epochs", "1", "--width",
+                          "0.25", "--batch-size", "128", "--out", str(out)]) == 0
+    table = (out / "protocol.md").read_text()
+    for row in ("softmax (msp)", "softmax (mls)", "rpl (mls)", "arpl (mls)"):
+        assert f"| {row} |" in table
+    summary = json.loads((out / "protocol.json").read_text())["summary"]
+    aurocs = summary["arpl (mls)"]["auroc"]["values"]
+    assert len(aurocs) == 2 and summary["arpl (mls)"]["auroc"]["mean"] == pytest.approx(np.mean(aurocs))
+    assert (out / "protocol.png").is_file() and (out / "split1" / "rpl" / "metrics.json").is_file()

@@ -57,3 +57,13 @@ def test_arpl_margin_term_is_hinge_on_radius_plus_one():
     loss = LOSSES["arpl"](temperature=1.0, open_space_weight=1.0)(outputs, torch.tensor([0, 1]))
     # hinge: max(0, 3 - 1 + 1) = 3 and max(0, 0.5 - 1 + 1) = 0.5 -> mean 1.75
     assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item() + 1.75)
+
+
+@pytest.mark.parametrize("method", sorted(LOSSES))
+def test_temperature_divides_the_logits(method):
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    outputs = {"logits": logits, "distances": torch.zeros(2, 2), "radius": torch.tensor([0.0])}
+    target = torch.tensor([0, 0])
+    loss = build_loss(resolve(TrainConfig(method=method, temperature=0.5, open_space_weight=0.0), 1))
+    expected = torch.nn.functional.cross_entropy(logits / 0.5, target)  # open-space weight 0
+    assert loss(outputs, target).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -12,8 +12,8 @@ from train.config import TrainConfig
 from train.errors import UserError
 
 HELP = {
-    "method": "softmax | rpl | arpl",
-    "dataset": "mnist5k | digits | npz:PATH | folder:PATH | cifar10:PATH",
+    "method": "softmax | rpl | arpl (default arpl)",
+    "dataset": "mnist5k | digits | npz:PATH | folder:PATH | cifar10:PATH | cifar100:PATH",
     "out": "run directory (checkpoint, config.json, metrics.json, plots)",
     "known": "known classes, e.g. 0,1,2,3,4,5 (indices or names); default: drawn with --split-seed",
     "num_known": "how many known classes --split-seed draws when --known is not given",
@@ -38,8 +38,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="python -m train", description=__doc__)
+def build_parser(prog: str = "python -m train", description: str | None = __doc__) -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file of defaults (keys as below, with underscores)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -48,28 +48,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    parser = build_parser()
+def config_file_args(path: str) -> list[str]:
+    """A YAML file of defaults as `--flag value` pairs, so argparse type-checks them too."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            defaults = yaml.safe_load(fh) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"--config {path}: cannot read ({exc})") from None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(defaults, dict):
+        raise UserError(f"--config {path}: expected a mapping of settings, got {type(defaults).__name__}")
+    unknown = sorted(str(key) for key in defaults if key not in names)
+    if unknown:
+        raise UserError(f"--config {path}: unknown keys {unknown}")
+    args = []
+    for key, value in defaults.items():
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+def parse_config(argv: list[str] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> tuple[TrainConfig, dict]:
+    """(config, the parser's other arguments); command-line flags override --config values."""
+    parser = parser or build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     first, _ = parser.parse_known_args(argv)
     if first.config:
-        try:
-            with open(first.config) as fh:
-                defaults = yaml.safe_load(fh) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"--config {first.config}: cannot read ({exc})") from None
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        if not isinstance(defaults, dict) or set(defaults) - names:
-            unknown = sorted(set(defaults) - names) if isinstance(defaults, dict) else defaults
-            raise UserError(f"--config {first.config}: unknown keys {unknown}")
-        parser.set_defaults(**defaults)
+        argv = config_file_args(first.config) + argv
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    return TrainConfig(**args)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in args.items() if k in names})
+    return config, {k: v for k, v in args.items() if k not in names}
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = parse_config(argv)
+        cfg, _ = parse_config(argv)
         from train.run import run  # heavy imports after argument checks
 
         metrics = run(cfg)

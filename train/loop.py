@@ -48,7 +48,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
     model.to(device).to(memory_format=torch.channels_last)
     loss_fn.to(device)
     optimizer = torch.optim.SGD(_param_groups([model, loss_fn], weight_decay), lr=lr,
-                                momentum=momentum, nesterov=True)
+                                momentum=momentum, nesterov=momentum > 0)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total, warmup = epochs * steps_per_epoch, steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(

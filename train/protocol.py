@@ -1,12 +1,12 @@
 """`python -m train.protocol`: the standard open-set protocol, all methods in one run.
 
 Five random 6/4 splits (split seeds 0..4); per split, softmax (scored by MSP and by MLS),
-RPL and ARPL are trained on the same data with the same budget. Writes per-run directories,
+RPL and ARPL are trained on the same data with the same budget. Every `python -m train` flag
+applies to all runs (except --method and --split-seed, which the protocol sets). Writes per-run directories,
 `protocol.json`, a Markdown table `protocol.md` (mean +- std) and `protocol.png`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from train.cli import OneLineErrorParser
-from train.config import TrainConfig
+from train.cli import build_parser, parse_config
 from train.errors import UserError
-
-METHODS = ("softmax", "rpl", "arpl")
+from train.losses import LOSSES
 
 
 def rows_of(method: str, metrics: dict) -> dict[str, dict]:
@@ -70,30 +68,26 @@ def plot(summary: dict[str, dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineErrorParser(prog="python -m train.protocol", description=__doc__)
-    parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--out", default="runs/protocol")
+    parser = build_parser("python -m train.protocol", __doc__)
     parser.add_argument("--splits", type=int, default=5, help="split seeds 0..N-1")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",")]
+    parser.add_argument("--methods", default=",".join(LOSSES), help="comma-separated methods")
+    parser.set_defaults(out="runs/protocol")
     try:
-        if args.splits < 1:
-            raise UserError(f"--splits must be >= 1, got {args.splits}")
-        bad = [m for m in methods if m not in METHODS]
+        base, extra = parse_config(argv, parser)
+        methods = list(dict.fromkeys(m.strip() for m in extra["methods"].split(",")))
+        if extra["splits"] < 1:
+            raise UserError(f"--splits must be >= 1, got {extra['splits']}")
+        bad = [m for m in methods if m not in LOSSES]
         if bad:
-            raise UserError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+            raise UserError(f"unknown method(s) {bad}; choose from {', '.join(LOSSES)}")
         from train.run import run
 
-        out = Path(args.out)
+        out = Path(base.out)
         results: dict[str, list[dict]] = {}
-        for split_seed in range(args.splits):
+        for split_seed in range(extra["splits"]):
             for method in methods:
-                cfg = dataclasses.replace(TrainConfig(), method=method, dataset=args.dataset,
-                                          split_seed=split_seed, epochs=args.epochs,
-                                          seed=args.seed, out=str(out / f"split{split_seed}" / method))
+                cfg = dataclasses.replace(base, method=method, split_seed=split_seed,
+                                          out=str(out / f"split{split_seed}" / method))
                 metrics = run(cfg)
                 for row, values in rows_of(method, metrics).items():
                     results.setdefault(row, []).append({**values, "split_seed": split_seed,
@@ -104,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = summarise(results)
-    table = markdown(summary, args.splits)
-    (out / "protocol.json").write_text(json.dumps({"dataset": args.dataset, "epochs": args.epochs,
-                                                   "summary": summary, "runs": results}, indent=2))
+    table = markdown(summary, extra["splits"])
+    (out / "protocol.json").write_text(json.dumps({"config": base.to_dict(), "summary": summary,
+                                                   "runs": results}, indent=2))
     (out / "protocol.md").write_text(table)
     plot(summary, out / "protocol.png")
     print(table)

@@ -24,20 +24,17 @@ from train.losses import LOSSES
 from train.plots import plot_roc, plot_score_histogram
 from train.splits import draw_known_classes, open_set_split, parse_known
 
-HEAD_OF_METHOD = {"softmax": "linear", "rpl": "reciprocal", "arpl": "reciprocal"}
 SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.SCORES}
-DEFAULT_SCORE = {"softmax": "mls", "rpl": "mls", "arpl": "mls"}
-# RPL's logits are d_e / D alone, an order of magnitude flatter than ARPL's d_e - d_d on the
-# same normalised features, so it needs a lower softmax temperature to train at the same pace.
-DEFAULT_TEMPERATURE = {"softmax": 1.0, "rpl": 0.1, "arpl": 1.0}
+DEFAULT_SCORE = "mls"  # max logit; for reciprocal heads -max_k l_k, from the point distances
 
 
 def resolve(cfg: TrainConfig, in_channels: int) -> TrainConfig:
     """Fill the settings left to the method's or the data's defaults (written to config.json)."""
     return dataclasses.replace(
         cfg,
-        score=DEFAULT_SCORE[cfg.method] if cfg.score is None else cfg.score,
-        temperature=DEFAULT_TEMPERATURE[cfg.method] if cfg.temperature is None else cfg.temperature,
+        score=DEFAULT_SCORE if cfg.score is None else cfg.score,
+        temperature=(LOSSES[cfg.method].default_temperature if cfg.temperature is None
+                     else cfg.temperature),
         augment=("affine-flip" if in_channels == 3 else "affine") if cfg.augment is None
         else cfg.augment,
     )
@@ -51,7 +48,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"unknown arch {cfg.arch!r}; choose from {', '.join(BACKBONES)}")
     if cfg.augment is not None and cfg.augment not in AUGMENTATIONS:
         raise UserError(f"unknown augment {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
-    scores = SCORES_OF_HEAD[HEAD_OF_METHOD[cfg.method]]
+    scores = SCORES_OF_HEAD[LOSSES[cfg.method].head]
     if cfg.score is not None and cfg.score not in scores:
         raise UserError(f"--score {cfg.score!r} is not defined for {cfg.method}; "
                         f"choose from {', '.join(scores)}")
@@ -72,22 +69,40 @@ def validate(cfg: TrainConfig) -> None:
     if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
             and cfg.val_fraction + cfg.test_fraction < 1):
         raise UserError("--val-fraction and --test-fraction must be in (0, 1) with sum < 1")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device")
+    if cfg.batch_size < 2:
+        raise UserError(f"--batch-size must be >= 2 (batch norm), got {cfg.batch_size}")
+    if cfg.seed < 0 or cfg.split_seed < 0:
+        raise UserError("--seed and --split-seed must be >= 0")
+    check_device(cfg.device)
+
+
+def check_device(name: str) -> None:
+    """cpu, cuda or cuda:N where that device exists."""
+    kind, _, index = name.partition(":")
+    if kind == "cpu" and not index:
+        return
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no CUDA device")
+    if index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
 
 
 def build_loss(cfg: TrainConfig) -> torch.nn.Module:
-    if cfg.method == "softmax":
-        return LOSSES["softmax"]()
-    return LOSSES[cfg.method](temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
+    """The method's loss from a resolved config."""
+    loss = LOSSES[cfg.method]
+    if loss.head == "reciprocal":
+        return loss(temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
+    return loss(temperature=cfg.temperature)
 
 
 def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: np.ndarray) -> ModelSpec:
     pixels = train_images.astype(np.float32) / 255  # N x C x H x W
     return ModelSpec(
         arch=cfg.arch, in_channels=data.images.shape[1], num_classes=num_known,
-        head=HEAD_OF_METHOD[cfg.method], width=cfg.width,
-        variant=cfg.method if cfg.method in ("rpl", "arpl") else "arpl",
+        head=LOSSES[cfg.method].head, width=cfg.width,
+        variant=cfg.method if LOSSES[cfg.method].head == "reciprocal" else "arpl",
         points_per_class=cfg.points_per_class, feature_scale=cfg.feature_scale,
         score=cfg.score,
         mean=tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),

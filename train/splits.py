@@ -26,25 +26,31 @@ class OpenSetSplit:
 
 def draw_known_classes(num_classes: int, num_known: int, split_seed: int) -> tuple[int, ...]:
     """The split_seed-th random choice of `num_known` known classes (the standard 6/4 splits)."""
-    if not 1 < num_known <= num_classes:
-        raise UserError(f"need 2..{num_classes} known classes, got {num_known}")
+    if not 1 < num_known < num_classes:
+        raise UserError(f"--num-known must be 2..{num_classes - 1} (some classes must stay "
+                        f"unknown), got {num_known}")
     rng = np.random.default_rng(split_seed)
     return tuple(sorted(int(c) for c in rng.permutation(num_classes)[:num_known]))
 
 
 def parse_known(text: str, class_names: Sequence[str]) -> tuple[int, ...]:
-    """'0,1,2' -> class indices; each item may be an index or a class name."""
+    """'0,1,2' -> class indices. Items are class names; a position (0-based) is accepted only
+    when no class name is a number, so that '9' can never mean both class "9" and position 9."""
+    names = list(class_names)
+    positions_allowed = not any(name.isdigit() for name in names)
     known = []
     for item in (part.strip() for part in text.split(",")):
-        if item in class_names:
-            known.append(class_names.index(item))
-        elif item.isdigit() and int(item) < len(class_names):
+        if item in names:
+            known.append(names.index(item))
+        elif positions_allowed and item.isdigit() and int(item) < len(names):
             known.append(int(item))
         else:
             raise UserError(f"--known names class {item!r}, which the dataset does not have "
-                            f"(classes: {', '.join(class_names)})")
+                            f"(classes: {', '.join(names)})")
     if len(set(known)) != len(known) or len(known) < 2:
         raise UserError(f"--known needs at least 2 distinct classes, got {text!r}")
+    if len(known) == len(names):
+        raise UserError("--known lists every class; at least one must stay unknown")
     return tuple(known)
 
 
@@ -63,5 +69,7 @@ def open_set_split(labels: np.ndarray, known_classes: Sequence[int], split_seed:
         val.append(members[n_test:n_test + n_val])
         train.append(members[n_test + n_val:])
     unknown = np.flatnonzero(~np.isin(labels, list(known_classes)))
+    if len(unknown) == 0:
+        raise UserError("no images of unknown classes to test on")
     return OpenSetSplit(tuple(int(c) for c in known_classes), np.sort(np.concatenate(train)),
                         np.sort(np.concatenate(val)), np.sort(np.concatenate(test)), unknown)

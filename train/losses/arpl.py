@@ -12,6 +12,9 @@ from torch.nn import functional as F
 
 
 class AdversarialReciprocalPointLoss(nn.Module):
+    head = "reciprocal"  # with variant "arpl"
+    default_temperature = 1.0
+
     def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1):
         super().__init__()
         self.temperature = temperature

@@ -13,6 +13,11 @@ from torch.nn import functional as F
 
 
 class ReciprocalPointLoss(nn.Module):
+    head = "reciprocal"  # with variant "rpl"
+    # d_e / D alone is an order of magnitude flatter than ARPL's d_e - d_d on the same
+    # normalised features, so RPL needs a lower temperature to train at the same pace.
+    default_temperature = 0.1
+
     def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1):
         super().__init__()
         self.temperature = temperature

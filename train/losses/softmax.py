@@ -7,7 +7,14 @@ from torch.nn import functional as F
 
 
 class CrossEntropyLoss(nn.Module):
-    """CE(logits, y), mean over the batch."""
+    """CE(logits / T, y), mean over the batch."""
+
+    head = "linear"  # the head this method trains
+    default_temperature = 1.0
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        self.temperature = temperature
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs["logits"], target)
+        return F.cross_entropy(outputs["logits"] / self.temperature, target)
