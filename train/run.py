@@ -151,6 +151,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         "unknown_classes": [n for i, n in enumerate(data.class_names) if i not in known],
         "threshold_rule": f"accepts {cfg.accept_rate:.0%} of known validation images",
         "best_val_acc": max(h["val_acc"] for h in history),
+        "input_shape": list(data.images.shape[1:]),
         "n_train": len(split.train), "n_val": len(split.val),
         "n_test_known": len(split.test_known), "n_test_unknown": len(split.test_unknown),
         "train_seconds": train_seconds, "augment": cfg.augment,
@@ -162,6 +163,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.save({
         "model_spec": spec.to_dict(), "state_dict": model.state_dict(),
         "class_names": list(metrics["known_classes"]), "threshold": threshold,
+        "input_shape": list(data.images.shape[1:]),  # C, H, W
         "threshold_rule": metrics["threshold_rule"], "method": cfg.method,
     }, out / "model.pt")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

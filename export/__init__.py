@@ -1,0 +1,1 @@
+"""Run directory -> one self-describing, checked ONNX file (and, optionally, an int8 copy)."""

@@ -1,0 +1,113 @@
+"""Export a run directory to a contract .onnx: dynamic batch, metadata, checker, parity."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from handlers.contract import CONTRACT_VERSION, load_model
+from models import ModelSpec, build_classifier
+from models.export_wrapper import ContractModel
+
+OPSET = 17
+METRIC_KEYS = ("closed_acc", "auroc", "oscr", "known_accept_rate", "unknown_reject_rate",
+               "dataset", "known_classes", "unknown_classes", "train_seconds")
+
+
+class ExportError(Exception):
+    """Export could not produce a correct file; the message says why."""
+
+
+def load_run(run_dir: Path) -> tuple[ContractModel, dict, dict]:
+    """(contract module in eval mode, checkpoint, metrics) from a training run directory."""
+    checkpoint_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
+    for path in (checkpoint_path, metrics_path):
+        if not path.is_file():
+            raise ExportError(f"{run_dir}: not a run directory (no {path.name})")
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        metrics = json.loads(metrics_path.read_text())
+        classifier = build_classifier(ModelSpec.from_dict(checkpoint["model_spec"]))
+        classifier.load_state_dict(checkpoint["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bad input file
+        raise ExportError(f"{run_dir}: cannot load the run ({type(exc).__name__}: {exc})") from None
+    return ContractModel(classifier).eval(), checkpoint, metrics
+
+
+def metadata(checkpoint: dict, metrics: dict, model_version: str, source: str) -> dict[str, str]:
+    """The contract's metadata_props, every value a JSON string."""
+    spec = checkpoint["model_spec"]
+    values = {
+        "contract_version": CONTRACT_VERSION,
+        "class_names": checkpoint["class_names"],
+        "input_spec": {"channels": checkpoint["input_shape"][0],
+                       "height": checkpoint["input_shape"][1],
+                       "width": checkpoint["input_shape"][2], "layout": "NCHW", "dtype": "float32",
+                       "range": [0.0, 1.0], "normalisation": "inside the graph"},
+        "method": checkpoint["method"],
+        "score": spec["score"],
+        "threshold": {"value": checkpoint["threshold"], "rule": checkpoint["threshold_rule"],
+                      "decision": "known iff unknown_score <= value"},
+        "metrics": {key: metrics[key] for key in METRIC_KEYS if key in metrics},
+        "model_version": model_version,
+        "model_spec": spec,
+        "source_run": source,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def parity(model: ContractModel, onnx_path: Path, channels: int, height: int, width: int,
+           batch_sizes: tuple[int, ...] = (1, 32), tolerance: float = 1e-4) -> dict[str, float]:
+    """Max |onnxruntime - PyTorch| per output over the batch sizes; ExportError above tolerance."""
+    session, info = load_model(onnx_path, providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    worst = {name: 0.0 for name in info.output_names}
+    for batch in batch_sizes:
+        images = torch.rand(batch, channels, height, width, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        got = session.run(list(info.output_names), {"images": images.numpy()})
+        for name, ours, theirs in zip(info.output_names, got, expected):
+            worst[name] = max(worst[name], float(np.abs(ours - theirs.numpy()).max()))
+    bad = {name: diff for name, diff in worst.items() if not diff <= tolerance}
+    if bad:
+        raise ExportError(f"ONNX and PyTorch disagree beyond {tolerance:g}: {bad}")
+    return worst
+
+
+def export_onnx(run_dir: str | Path, out: str | Path, model_version: str = "1",
+                batch_sizes: tuple[int, ...] = (1, 32), tolerance: float = 1e-4) -> dict:
+    """Export, check with onnx.checker, prove parity; write `out` only when all of it passed."""
+    run_dir, out = Path(run_dir), Path(out)
+    model, checkpoint, metrics = load_run(run_dir)
+    if "input_shape" not in checkpoint:
+        raise ExportError(f"{run_dir}: the checkpoint has no input shape (re-run training)")
+    channels, height, width = checkpoint["input_shape"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        dynamic = {name: {0: "batch"} for name in ["images", *model.output_names]}
+        torch.onnx.export(model, (torch.rand(2, channels, height, width),), str(tmp),
+                          input_names=["images"], output_names=model.output_names,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        model.eval()  # export restores the wrapper's mode; keep BatchNorm in inference mode
+        proto = onnx.load(str(tmp))
+        for key, value in metadata(checkpoint, metrics, model_version, str(run_dir)).items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))  # one file: the weights stay inside (no external data)
+        worst = parity(model, tmp, channels, height, width, batch_sizes, tolerance)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"onnx": str(out), "bytes": out.stat().st_size, "outputs": model.output_names,
+            "parity_max_abs_diff": worst, "parity_batches": list(batch_sizes), "opset": OPSET}

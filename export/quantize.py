@@ -1,0 +1,104 @@
+"""Static int8 quantization with onnxruntime, checked against fp32 on the run's own test split.
+
+Only Conv / Gemm / MatMul are quantized (QDQ, per-channel int8 weights, uint8 activations,
+calibrated on the run's training images); the reciprocal-point distances and scores stay in
+float, so the unknown score is not computed from 8-bit differences of large squared norms.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                      QuantType, quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from handlers.contract import load_model
+from train.datasets import load_dataset
+from train.metrics import auroc, closed_set_accuracy
+from train.splits import open_set_split
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, images: np.ndarray, batch_size: int = 64):
+        self._batches = iter([{"images": images[i:i + batch_size]}
+                              for i in range(0, len(images), batch_size)])
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)
+
+
+def run_split(run_dir: Path) -> dict[str, np.ndarray]:
+    """The run's train/test images (float [0, 1]) and labels, rebuilt from its config."""
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    data = load_dataset(config["dataset"])
+    known = [data.class_names.index(name) for name in metrics["known_classes"]]
+    split = open_set_split(data.labels, known, config["split_seed"], config["val_fraction"],
+                           config["test_fraction"])
+    labels = split.relabel(data.labels)
+
+    def pixels(idx: np.ndarray) -> np.ndarray:
+        return data.images[idx].astype(np.float32) / 255
+
+    return {"train": pixels(split.train), "test_known": pixels(split.test_known),
+            "test_labels": labels[split.test_known], "test_unknown": pixels(split.test_unknown)}
+
+
+def evaluate(path: Path, split: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
+    session, _ = load_model(path, providers=["CPUExecutionProvider"])
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [session.run(["logits", "unknown_score"], {"images": images[i:i + batch_size]})
+                 for i in range(0, len(images), batch_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    known_logits, known_scores = run(split["test_known"])
+    _, unknown_scores = run(split["test_unknown"])
+    return {"closed_acc": closed_set_accuracy(known_logits.argmax(1), split["test_labels"]),
+            "auroc": auroc(known_scores, unknown_scores)}
+
+
+def throughput(paths: dict[str, Path], images: np.ndarray, threads: int = 2, rounds: int = 5,
+               seconds: float = 1.0) -> dict[str, float]:
+    """Images/s per model at images' batch size, interleaved rounds, median of rounds."""
+    sessions = {name: load_model(path, ["CPUExecutionProvider"], threads)[0]
+                for name, path in paths.items()}
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(["logits"], {"images": images})
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                session.run(["logits", "unknown_score"], {"images": images})
+                count += len(images)
+            samples[name].append(count / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
+    """QDQ static quantization of Conv/Gemm/MatMul; the contract metadata is carried over."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(int8_path), _Batches(calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                        calibrate_method=CalibrationMethod.MinMax)
+    source = onnx.load(str(fp32_path))
+    quantized = onnx.load(str(int8_path))
+    del quantized.metadata_props[:]
+    for prop in source.metadata_props:
+        quantized.metadata_props.add(key=prop.key, value=prop.value)
+    quantized.metadata_props.add(key="quantization", value=json.dumps(
+        {"type": "static int8 QDQ", "ops": ["Conv", "Gemm", "MatMul"],
+         "calibration_images": int(len(calibration))}))
+    onnx.save(quantized, str(int8_path))

@@ -1,0 +1,1 @@
+"""Serving side: numpy + onnxruntime (+ Pillow) only. Never imports torch or train/."""

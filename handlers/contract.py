@@ -1,0 +1,125 @@
+"""Load a contract .onnx file and check it is one, before anything is served from it.
+
+The contract (DESIGN.md): input `images` float32 [batch, C, H, W] in [0, 1]; outputs `logits`
+[batch, K] and `unknown_score` [batch] (and `distances` [batch, K] for reciprocal-point
+models); metadata_props with the class names, input spec, method, calibrated threshold,
+metrics and version, as JSON strings. A file that breaks any of this is refused with a
+message that names the problem.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+CONTRACT_VERSION = "1"
+REQUIRED_METADATA = ("contract_version", "class_names", "input_spec", "method", "score",
+                     "threshold", "metrics", "model_version")
+
+
+class ModelFileError(ValueError):
+    """The file is not a servable contract model; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    class_names: tuple[str, ...]
+    channels: int
+    height: int
+    width: int
+    method: str
+    score: str
+    threshold: float
+    threshold_rule: str
+    metrics: dict
+    model_version: str
+    output_names: tuple[str, ...]
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build and machine have it, CPU always."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def _metadata(session: ort.InferenceSession, path: Path) -> dict:
+    raw = session.get_modelmeta().custom_metadata_map
+    missing = [key for key in REQUIRED_METADATA if key not in raw]
+    if len(missing) == len(REQUIRED_METADATA):
+        raise ModelFileError(f"{path}: has no open-set metadata (metadata_props is missing "
+                             f"{', '.join(REQUIRED_METADATA)}); export it with `python -m export`")
+    if missing:
+        raise ModelFileError(f"{path}: metadata is missing {', '.join(missing)}")
+    parsed = {}
+    for key in REQUIRED_METADATA:
+        try:
+            parsed[key] = json.loads(raw[key])
+        except json.JSONDecodeError:
+            raise ModelFileError(f"{path}: metadata {key!r} is not valid JSON") from None
+    if str(parsed["contract_version"]) != CONTRACT_VERSION:
+        raise ModelFileError(f"{path}: contract version {parsed['contract_version']!r}, "
+                             f"this server reads {CONTRACT_VERSION!r}")
+    return parsed
+
+
+def _check_io(session: ort.InferenceSession, meta: dict, path: Path) -> tuple[str, ...]:
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != "images" or inputs[0].type != "tensor(float)" \
+            or len(inputs[0].shape) != 4:
+        found = [(i.name, i.type, i.shape) for i in inputs]
+        raise ModelFileError(f"{path}: expected one input 'images' float32 [batch, C, H, W], "
+                             f"found {found}")
+    spec = meta["input_spec"]
+    expected = [spec.get("channels"), spec.get("height"), spec.get("width")]
+    declared = inputs[0].shape[1:]
+    if any(isinstance(d, int) and d != e for d, e in zip(declared, expected)):
+        raise ModelFileError(f"{path}: input shape {inputs[0].shape} disagrees with "
+                             f"input_spec {spec}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    rank = {"logits": 2, "unknown_score": 1, "distances": 2}
+    for name in ("logits", "unknown_score"):
+        if name not in outputs:
+            raise ModelFileError(f"{path}: output {name!r} missing (found {sorted(outputs)})")
+    for name, output in outputs.items():
+        if name in rank and (len(output.shape) != rank[name] or output.type != "tensor(float)"):
+            raise ModelFileError(f"{path}: output {name!r} is {output.type} {output.shape}, "
+                                 f"expected float32 of rank {rank[name]}")
+    num_classes = outputs["logits"].shape[1]
+    if isinstance(num_classes, int) and num_classes != len(meta["class_names"]):
+        raise ModelFileError(f"{path}: logits have {num_classes} classes but metadata names "
+                             f"{len(meta['class_names'])}")
+    return tuple(name for name in ("logits", "unknown_score", "distances") if name in outputs)
+
+
+def load_model(path: str | Path, providers: list[str] | None = None,
+               threads: int | None = None) -> tuple[ort.InferenceSession, ModelInfo]:
+    """An onnxruntime session and the model's metadata, or ModelFileError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers or default_providers())
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first_line})") from None
+    meta = _metadata(session, path)
+    output_names = _check_io(session, meta, path)
+    spec, threshold = meta["input_spec"], meta["threshold"]
+    try:
+        info = ModelInfo(
+            class_names=tuple(str(n) for n in meta["class_names"]),
+            channels=int(spec["channels"]), height=int(spec["height"]), width=int(spec["width"]),
+            method=str(meta["method"]), score=str(meta["score"]),
+            threshold=float(threshold["value"]), threshold_rule=str(threshold.get("rule", "")),
+            metrics=dict(meta["metrics"]), model_version=str(meta["model_version"]),
+            output_names=output_names,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: malformed metadata ({type(exc).__name__}: {exc})") from None
+    return session, info

@@ -1,0 +1,27 @@
+"""The module that is exported to ONNX: exactly the tensors of the model contract (DESIGN.md)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.classifier import OpenSetClassifier
+
+
+class ContractModel(nn.Module):
+    """images [B, C, H, W] in [0, 1] -> logits [B, K], unknown_score [B] (, distances [B, K]).
+
+    The scores come from the head's own forward, so serving never re-implements them.
+    """
+
+    def __init__(self, classifier: OpenSetClassifier):
+        super().__init__()
+        self.classifier = classifier
+        self.has_distances = hasattr(classifier.head, "points")
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits", "unknown_score"] + (["distances"] if self.has_distances else [])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.classifier(images)
+        return tuple(outputs[name] for name in self.output_names)
