@@ -17,6 +17,7 @@ import onnxruntime as ort
 CONTRACT_VERSION = "1"
 REQUIRED_METADATA = ("contract_version", "class_names", "input_spec", "method", "score",
                      "threshold", "metrics", "model_version")
+OPTIONAL_METADATA = ("temperature", "model_spec", "source_run", "exported_at", "quantization")
 
 
 class ModelFileError(ValueError):
@@ -36,6 +37,7 @@ class ModelInfo:
     metrics: dict
     model_version: str
     output_names: tuple[str, ...]
+    temperature: float  # probabilities = softmax(logits / temperature), as in training
 
 
 def default_providers() -> list[str]:
@@ -53,7 +55,7 @@ def _metadata(session: ort.InferenceSession, path: Path) -> dict:
     if missing:
         raise ModelFileError(f"{path}: metadata is missing {', '.join(missing)}")
     parsed = {}
-    for key in REQUIRED_METADATA:
+    for key in (*REQUIRED_METADATA, *[k for k in OPTIONAL_METADATA if k in raw]):
         try:
             parsed[key] = json.loads(raw[key])
         except json.JSONDecodeError:
@@ -119,6 +121,7 @@ def load_model(path: str | Path, providers: list[str] | None = None,
             threshold=float(threshold["value"]), threshold_rule=str(threshold.get("rule", "")),
             metrics=dict(meta["metrics"]), model_version=str(meta["model_version"]),
             output_names=output_names,
+            temperature=float(meta.get("temperature", 1.0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: malformed metadata ({type(exc).__name__}: {exc})") from None

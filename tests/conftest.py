@@ -46,3 +46,20 @@ def tiny_problem():
 @pytest.fixture
 def tiny_model():
     return lambda method: build_classifier(tiny_spec(method))
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """One tiny trained run per method (digits, 8x8, 1 epoch) and its exported .onnx."""
+    from export.onnx_export import export_onnx
+    from train.cli import main as train_main
+
+    root = tmp_path_factory.mktemp("runs")
+    made = {}
+    for method in ("softmax", "rpl", "arpl"):
+        run_dir = root / method
+        assert train_main(["--method", method, "--dataset", "digits", "--epochs", "1",
+                           "--width", "0.25", "--batch-size", "128", "--out", str(run_dir)]) == 0
+        report = export_onnx(run_dir, root / f"{method}.onnx", model_version="7")
+        made[method] = (run_dir, root / f"{method}.onnx", report)
+    return made

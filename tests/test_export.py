@@ -9,21 +9,6 @@ from onnx import TensorProto, helper
 from export.cli import main as export_main
 from export.onnx_export import ExportError, export_onnx
 from handlers.contract import ModelFileError, load_model
-from train.cli import main as train_main
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One tiny trained run per method (digits, 1 epoch) and its exported .onnx."""
-    root = tmp_path_factory.mktemp("runs")
-    made = {}
-    for method in ("softmax", "rpl", "arpl"):
-        run_dir = root / method
-        assert train_main(["--method", method, "--dataset", "digits", "--epochs", "1",
-                           "--width", "0.25", "--batch-size", "128", "--out", str(run_dir)]) == 0
-        report = export_onnx(run_dir, root / f"{method}.onnx", model_version="7")
-        made[method] = (run_dir, root / f"{method}.onnx", report)
-    return made
 
 
 @pytest.mark.parametrize("method", ["softmax", "rpl", "arpl"])

@@ -165,6 +165,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         "class_names": list(metrics["known_classes"]), "threshold": threshold,
         "input_shape": list(data.images.shape[1:]),  # C, H, W
         "threshold_rule": metrics["threshold_rule"], "method": cfg.method,
+        "temperature": cfg.temperature,
     }, out / "model.pt")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,112 @@
+"""The framework-free predictor: decoding, validation errors, answers, batching."""
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers.decode import InputError, Shape, decode_pixels, decode_request
+from handlers.predictor import Predictor
+
+SHAPE = Shape(1, 8, 8)
+
+
+def png(array: np.ndarray, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8), mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def predictor(runs):
+    return Predictor(runs["arpl"][1], name="digits")
+
+
+def test_png_bytes_decode_to_unit_range():
+    array = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    images, is_list = decode_request(png(array), SHAPE)
+    assert not is_list and images[0].pixels.shape == (1, 8, 8)
+    assert np.allclose(images[0].pixels[0], array / 255)
+
+
+def test_rgb_png_converts_to_grey_and_larger_png_resizes():
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 0] = 255
+    images, _ = decode_request(png(rgb, "RGB"), SHAPE)
+    assert images[0].pixels.shape == (1, 8, 8)
+    assert np.allclose(images[0].pixels, 76 / 255, atol=1 / 255)  # Pillow's L of pure red
+
+
+def test_json_base64_pixels_and_lists():
+    array = np.full((8, 8), 128, np.uint8)
+    body = json.dumps([{"image": base64.b64encode(png(array)).decode()},
+                       {"pixels": (array / 255).tolist(), "threshold": 0.5}]).encode()
+    images, is_list = decode_request(body, SHAPE)
+    assert is_list and len(images) == 2
+    assert np.allclose(images[0].pixels, images[1].pixels, atol=1e-6)
+    assert images[0].threshold is None and images[1].threshold == 0.5
+
+
+def test_integer_pixels_and_channel_conversion():
+    assert np.allclose(decode_pixels(np.full((8, 8), 255).tolist(), SHAPE), 1.0)
+    rgb = np.zeros((3, 8, 8))
+    rgb[1] = 1.0
+    assert np.allclose(decode_pixels(rgb.tolist(), SHAPE), 0.587)
+    hwc = np.ones((8, 8, 3)) * 0.5
+    assert np.allclose(decode_pixels(hwc.tolist(), Shape(3, 8, 8)), 0.5)
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"", "empty_body"),
+    (b"\x89PNG garbage bytes", "not_an_image"),
+    (b"{not json", "bad_json"),
+    (b"[]", "empty_body"),
+    (json.dumps({"pixels": np.zeros((5, 5)).tolist()}).encode(), "wrong_size"),
+    (b'{"pixels": [[NaN, 0], [0, 0]]}', "non_finite"),
+    (json.dumps({"pixels": (-np.ones((8, 8))).tolist()}).encode(), "out_of_range"),
+    (json.dumps({"pixels": [[1, 2], [3]]}).encode(), "bad_pixels"),
+    (json.dumps({"image": "***"}).encode(), "bad_base64"),
+    (json.dumps({"picture": 1}).encode(), "bad_json"),
+    (json.dumps({"pixels": np.zeros((8, 8)).tolist(), "threshold": "high"}).encode(), "bad_threshold"),
+    (png(np.zeros((8, 12), np.uint8)), "wrong_size"),
+])
+def test_bad_inputs_have_codes(body, code):
+    with pytest.raises(InputError) as raised:
+        decode_request(body, SHAPE)
+    assert raised.value.code == code
+    assert raised.value.to_json() == {"error": str(raised.value), "code": code}
+
+
+def test_answers_follow_the_contract(predictor, runs):
+    image = np.zeros((8, 8), np.uint8)
+    [answer] = predictor.predict_requests([(png(image), None)])
+    assert set(answer) >= {"label", "known", "class_index", "unknown_score", "threshold",
+                           "probabilities", "model", "predicted_class"}
+    assert answer["threshold"] == pytest.approx(predictor.info.threshold)
+    assert answer["known"] == (answer["unknown_score"] <= answer["threshold"])
+    assert answer["label"] in (*predictor.info.class_names, "unknown")
+    assert len(answer["probabilities"]) == 3
+    assert sum(p["probability"] for p in answer["probabilities"]) <= 1 + 1e-6
+    assert answer["model"] == {"name": "digits", "version": "7", "method": "arpl"}
+
+
+def test_batch_answers_each_request_and_isolates_errors(predictor):
+    good = png(np.full((8, 8), 200, np.uint8))
+    answers = predictor.predict_requests([
+        (good, None), (b"garbage", None), (good, "1e9"),
+        (json.dumps([{"pixels": np.zeros((8, 8)).tolist()}] * 3).encode(), None),
+    ])
+    assert isinstance(answers[1], InputError) and answers[1].code == "not_an_image"
+    assert answers[2]["known"] is True and answers[2]["threshold"] == 1e9  # override applied
+    assert answers[0]["unknown_score"] == pytest.approx(answers[2]["unknown_score"], abs=1e-6)
+    assert isinstance(answers[3], list) and len(answers[3]) == 3
+
+
+def test_batched_scores_equal_single_scores(predictor):
+    rng = np.random.default_rng(0)
+    images = rng.random((5, 1, 8, 8), dtype=np.float32)
+    _, batched = predictor.run(images)
+    singles = [predictor.run(images[i:i + 1])[1][0] for i in range(5)]
+    assert np.allclose(batched, singles, atol=1e-5)
