@@ -133,7 +133,8 @@ def decode_request(body: object, shape: Shape,
                    threshold: float | None = None) -> tuple[list[DecodedImage], bool]:
     """(images, is_list): is_list says whether the client sent a JSON list (answer a list)."""
     if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
-        raise InputError("empty_body", "request body is empty")
+        raise InputError("empty_body", "request body is empty (send image bytes, or JSON with "
+                         "Content-Type: application/json; form posts are not read)")
     if isinstance(body, (bytes, bytearray)):
         stripped = bytes(body).lstrip()
         if stripped[:1] in (b"{", b"["):
