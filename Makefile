@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MODEL ?= opensetmnist
+RUN_DIR ?= runs/default
+ORT_THREADS ?= 2
 
-.PHONY: test train protocol clean-venv
+.PHONY: serve stop test train export protocol clean-venv
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +15,28 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# The main job: train the default open-set model if there is none, export, archive, serve.
+serve: model_store/$(MODEL).mar
+	$(PY) -m handlers.server start --config config.properties --model $(MODEL)
+
+stop: $(STAMP)
+	$(PY) -m handlers.server stop
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-train: $(STAMP)
-	$(PY) -m train --method rpl --dataset mnist5k --out runs/default
+$(RUN_DIR)/model.pt: | $(STAMP)
+	$(PY) -m train --method arpl --dataset mnist5k --out $(RUN_DIR)
+
+train: $(RUN_DIR)/model.pt
+
+$(RUN_DIR)/model.onnx: $(RUN_DIR)/model.pt
+	$(PY) -m export $(RUN_DIR) --out $(RUN_DIR)/model.onnx
+
+export: $(RUN_DIR)/model.onnx
+
+model_store/$(MODEL).mar: $(RUN_DIR)/model.onnx
+	$(PY) -m export.archive $(RUN_DIR)/model.onnx --name $(MODEL) --store model_store --ort-threads $(ORT_THREADS)
 
 protocol: $(STAMP)
 	$(PY) -m train.protocol --dataset mnist5k --out runs/protocol
