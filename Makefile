@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# CPU: onnxruntime; GPU=1: onnxruntime-gpu. Never both (they share the onnxruntime module).
+ORT_PACKAGE := $(if $(GPU),onnxruntime-gpu,onnxruntime)
+OTHER_ORT := $(if $(GPU),onnxruntime,onnxruntime-gpu)
+STAMP := $(VENV)/.installed-$(ORT_PACKAGE)
 MODEL ?= opensetmnist
 RUN_DIR ?= runs/default
 ORT_THREADS ?= 2
@@ -13,6 +16,9 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip uninstall --quiet --yes $(OTHER_ORT) 2>/dev/null || true
+	rm -f $(VENV)/.installed-$(OTHER_ORT)
+	$(PY) -m pip install --quiet "$(ORT_PACKAGE)>=1.18"
 	touch $(STAMP)
 
 # The main job: train the default open-set model if there is none, export, archive, serve.
