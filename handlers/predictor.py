@@ -33,25 +33,32 @@ class Predictor:
         logits, scores = self.session.run(["logits", "unknown_score"], {"images": images})
         return logits, scores
 
-    def answer(self, logits: np.ndarray, score: float, threshold: float | None) -> dict:
-        """One image's response (DESIGN.md REST contract)."""
-        threshold = self.info.threshold if threshold is None else threshold
-        probabilities = softmax(logits[None] / self.info.temperature)[0]
-        order = np.argsort(-probabilities)[:self.top_k]
-        best = int(order[0])
-        known = bool(score <= threshold)
-        return {
-            "label": self.info.class_names[best] if known else "unknown",
-            "known": known,
-            "predicted_class": self.info.class_names[best],
-            "class_index": best,
-            "unknown_score": float(score),
-            "threshold": float(threshold),
-            "probabilities": [{"label": self.info.class_names[int(i)],
-                               "probability": float(probabilities[i])} for i in order],
-            "model": {"name": self.name, "version": self.info.model_version,
-                      "method": self.info.method},
-        }
+    def answers(self, logits: np.ndarray, scores: np.ndarray,
+                thresholds: list[float | None] | None = None) -> list[dict]:
+        """Per-image responses (DESIGN.md REST contract), vectorised over the batch."""
+        probabilities = softmax(logits / self.info.temperature)  # N x K
+        top = np.argsort(-probabilities, axis=1)[:, :self.top_k]  # N x k
+        top_p = np.take_along_axis(probabilities, top, axis=1)
+        names, model = self.info.class_names, {"name": self.name, "version": self.info.model_version,
+                                               "method": self.info.method}
+        rows = []
+        for i in range(len(scores)):
+            threshold = self.info.threshold if not thresholds or thresholds[i] is None \
+                else thresholds[i]
+            known = bool(scores[i] <= threshold)
+            best = int(top[i, 0])
+            rows.append({
+                "label": names[best] if known else "unknown",
+                "known": known,
+                "predicted_class": names[best],
+                "class_index": best,
+                "unknown_score": float(scores[i]),
+                "threshold": float(threshold),
+                "probabilities": [{"label": names[int(k)], "probability": float(p)}
+                                  for k, p in zip(top[i], top_p[i])],
+                "model": model,
+            })
+        return rows
 
     def decode(self, body: object, threshold: object = None) -> tuple[list[DecodedImage], bool]:
         from handlers.decode import parse_threshold
@@ -70,6 +77,7 @@ class Predictor:
         images = [image for item in decoded if not isinstance(item, InputError) for image in item[0]]
         if images:
             logits, scores = self.run(np.stack([image.pixels for image in images]))
+            rows = self.answers(logits, scores, [image.threshold for image in images])
         answers: list[dict | list | InputError] = []
         cursor = 0
         for item in decoded:
@@ -77,8 +85,6 @@ class Predictor:
                 answers.append(item)
                 continue
             batch, is_list = item
-            rows = [self.answer(logits[cursor + i], scores[cursor + i], image.threshold)
-                    for i, image in enumerate(batch)]
+            answers.append(rows[cursor:cursor + len(batch)] if is_list else rows[cursor])
             cursor += len(batch)
-            answers.append(rows if is_list else rows[0])
         return answers

@@ -186,3 +186,37 @@ def test_metrics_and_health_after_all_of_it(server):
     predictions = re.search(rf'OpenSetPredictions{{ModelName="{MODEL}".*}} ([0-9.]+)', text)
     assert predictions and float(predictions.group(1)) >= 1
     assert "OpenSetUnknownPredictions" in text and "OpenSetHandlerLatency" in text
+
+
+def test_batch_scorer_remote_mode_matches_local(server, tmp_path, runs):
+    from handlers.batch_score import RemoteScorer, score
+    from handlers.predictor import Predictor
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, png in enumerate(digits_png(KNOWN + (6, 7), 10)):
+        (folder / f"{i:02d}.png").write_bytes(png)
+    (folder / "zz_broken.png").write_bytes(b"broken")
+    predictor = Predictor(server["workdir"] / "model.onnx")
+    local = score(folder, tmp_path / "local.jsonl", predictor, batch_size=4, progress=False)
+    remote = score(folder, tmp_path / "remote.jsonl", predictor, batch_size=4, concurrency=2,
+                   remote=RemoteScorer(server["inference"], MODEL, server["key"]), progress=False)
+    assert local["images"] == remote["images"] == 11 and remote["errors"] == 1
+    rows = [[json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("local", "remote")]
+    for mine, theirs in zip(*rows):
+        assert mine["id"] == theirs["id"] and mine["label"] == theirs["label"]
+        if not mine["error"]:
+            assert abs(mine["unknown_score"] - theirs["unknown_score"]) < 1e-4
+
+
+def test_batch_scorer_reports_an_unreachable_server(tmp_path, runs):
+    from handlers.batch_score import RemoteScorer, score
+    from handlers.predictor import Predictor
+
+    (tmp_path / "a.png").write_bytes(digits_png(KNOWN, 1)[0])
+    summary = score(tmp_path, tmp_path / "o.jsonl", Predictor(runs["arpl"][1]),
+                    remote=RemoteScorer("http://127.0.0.1:9", MODEL, None, retries=1),
+                    progress=False)
+    assert summary["errors"] == 1
+    assert "server unreachable" in (tmp_path / "o.jsonl").read_text()
