@@ -134,7 +134,8 @@ class RowWriter:
             self.csv.writeheader()
 
     def write(self, image_id: str, answer: dict | None, error: str | None) -> None:
-        row = {"id": image_id, "error": error or ""}
+        empty = None if self.jsonl else ""
+        row = {**dict.fromkeys(COLUMNS, empty), "id": image_id, "error": error or ""}
         if answer:
             top = [(p["label"], round(p["probability"], 6)) for p in answer["probabilities"]]
             row.update({key: answer[key] for key in COLUMNS[1:6]})
