@@ -10,7 +10,13 @@ MODEL ?= opensetmnist
 RUN_DIR ?= runs/default
 ORT_THREADS ?= 2
 
-.PHONY: serve stop test train export protocol clean-venv
+LOAD_USERS ?= 16
+LOAD_TIME ?= 60s
+LOAD_MIX ?= known=70,unknown=25,bad=5
+MAX_FAIL_RATIO ?= 0
+MAX_P95_MS ?= 1000
+
+.PHONY: serve stop test train export protocol load bench clean-venv
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +49,14 @@ export: $(RUN_DIR)/model.onnx
 
 model_store/$(MODEL).mar: $(RUN_DIR)/model.onnx
 	$(PY) -m export.archive $(RUN_DIR)/model.onnx --name $(MODEL) --store model_store --ort-threads $(ORT_THREADS)
+
+# Headless locust against `make serve`'s server; non-zero exit above the thresholds.
+load: $(STAMP)
+	mkdir -p runs/load
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_USERS) \
+		-t $(LOAD_TIME) --host http://127.0.0.1:8080 --mix $(LOAD_MIX) --run-dir $(RUN_DIR) \
+		--model-name $(MODEL) --csv runs/load/load --html runs/load/report.html --only-summary \
+		--max-fail-ratio $(MAX_FAIL_RATIO) --max-p95-ms $(MAX_P95_MS)
 
 protocol: $(STAMP)
 	$(PY) -m train.protocol --dataset mnist5k --out runs/protocol
