@@ -10,6 +10,7 @@ size for folders and lists (an .npz array is loaded whole, as numpy does).
 from __future__ import annotations
 
 import argparse
+import itertools
 import base64
 import csv
 import json
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,31 +124,49 @@ def batches(source: Path, shape: Shape, batch_size: int) -> tuple[int, Iterator[
 
 
 class RowWriter:
-    """CSV or JSONL by the output file's suffix; one row per image."""
+    """CSV or JSONL by the output file's suffix; one row per image, every column present."""
 
     def __init__(self, path: Path):
         if path.suffix not in (".csv", ".jsonl"):
             raise BatchScoreError(f"--out {path}: use a .csv or .jsonl file name")
         self.jsonl = path.suffix == ".jsonl"
         self.file = open(path, "w", newline="")
-        self.csv = None if self.jsonl else csv.DictWriter(self.file, fieldnames=COLUMNS)
+        self.csv = None if self.jsonl else csv.writer(self.file)
         if self.csv:
-            self.csv.writeheader()
+            self.csv.writerow(COLUMNS)
 
-    def write(self, image_id: str, answer: dict | None, error: str | None) -> None:
-        empty = None if self.jsonl else ""
-        row = {**dict.fromkeys(COLUMNS, empty), "id": image_id, "error": error or ""}
-        if answer:
-            top = [(p["label"], round(p["probability"], 6)) for p in answer["probabilities"]]
-            row.update({key: answer[key] for key in COLUMNS[1:6]})
-            row["top_k"] = top if self.jsonl else ";".join(f"{k}:{p}" for k, p in top)
+    def write(self, image_id: str, result: tuple | None, error: str | None) -> None:
+        """result: (label, known, unknown_score, predicted_class, class_index, [(label, p)])."""
         if self.jsonl:
-            self.file.write(json.dumps(row) + "\n")
+            values = result or (None,) * 6
+            self.file.write(json.dumps(dict(zip(COLUMNS, (image_id, *values, error or "")))) + "\n")
+        elif result:
+            top = ";".join(f"{label}:{p:.6f}" for label, p in result[5])
+            self.csv.writerow((image_id, *result[:5], top, error or ""))
         else:
-            self.csv.writerow(row)
+            self.csv.writerow((image_id, "", "", "", "", "", "", error or ""))
 
     def close(self) -> None:
         self.file.close()
+
+
+def local_results(predictor, pixels: np.ndarray) -> list[tuple]:
+    """Row tuples for a batch, vectorised where it counts (the offline hot path)."""
+    logits, scores = predictor.run(pixels)
+    top, top_p = predictor.top_classes(logits)
+    known = scores <= predictor.info.threshold
+    names = predictor.info.class_names
+    return [(names[t[0]] if k else "unknown", bool(k), float(s), names[t[0]], int(t[0]),
+             [(names[i], float(p)) for i, p in zip(t, tp)])
+            for k, s, t, tp in zip(known, scores, top.tolist(), top_p.tolist())]
+
+
+def from_answer(answer: dict | str) -> tuple | str:
+    """A server answer (or error text) as a row tuple."""
+    if isinstance(answer, str):
+        return answer
+    return (answer["label"], answer["known"], answer["unknown_score"], answer["predicted_class"],
+            answer["class_index"], [(p["label"], p["probability"]) for p in answer["probabilities"]])
 
 
 class RemoteScorer:
@@ -180,7 +200,8 @@ class RemoteScorer:
 
 def score(source: Path, out: Path, predictor=None, shape: Shape | None = None, remote=None,
           batch_size: int = 64, concurrency: int = 1, progress: bool = True) -> dict:
-    """Score every image of `source` into `out`; returns the run's summary."""
+    """Score every image of `source` into `out`; returns the run's summary. At most
+    2 x concurrency batches are in flight, so memory stays bounded."""
     shape = shape or predictor.shape
     total, stream = batches(source, shape, batch_size)
     writer = RowWriter(out)
@@ -189,25 +210,29 @@ def score(source: Path, out: Path, predictor=None, shape: Shape | None = None, r
         if batch.pixels is None or not batch.good:
             return batch, []
         if remote:
-            return batch, remote(batch)
-        logits, scores = predictor.run(batch.pixels)
-        return batch, predictor.answers(logits, scores)
+            return batch, [from_answer(a) for a in remote(batch)]
+        return batch, local_results(predictor, batch.pixels)
 
     counts = {"images": 0, "errors": 0, "unknown": 0}
     started = time.perf_counter()
     bar = tqdm(total=total, unit="img", disable=not progress, desc="score")
+    in_flight: deque = deque()
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
-        for batch, answers in pool.map(run, stream):
-            by_position = dict(zip(batch.good, answers))
-            for i, image_id in enumerate(batch.ids):
-                answer = by_position.get(i)
-                error = batch.errors.get(i) or (answer if isinstance(answer, str) else None)
-                answer = answer if isinstance(answer, dict) else None
-                writer.write(image_id, answer, error)
-                counts["images"] += 1
-                counts["errors"] += error is not None
-                counts["unknown"] += bool(answer and not answer["known"])
-            bar.update(len(batch.ids))
+        for item in itertools.chain(stream, [None]):  # None: drain what is in flight
+            if item is not None:
+                in_flight.append(pool.submit(run, item))
+            while in_flight and (item is None or len(in_flight) >= 2 * concurrency):
+                batch, results = in_flight.popleft().result()
+                by_position = dict(zip(batch.good, results))
+                for i, image_id in enumerate(batch.ids):
+                    result = by_position.get(i)
+                    error = batch.errors.get(i) or (result if isinstance(result, str) else None)
+                    result = result if isinstance(result, tuple) else None
+                    writer.write(image_id, result, error)
+                    counts["errors"] += error is not None
+                    counts["unknown"] += bool(result and not result[1])
+                counts["images"] += len(batch.ids)
+                bar.update(len(batch.ids))
     bar.close()
     writer.close()
     seconds = time.perf_counter() - started
@@ -226,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default="opensetmnist", help="TorchServe model name")
     parser.add_argument("--key-file", default="key_file.json", help="TorchServe's token file")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="batches in flight at once (default: 1 locally - onnxruntime already "
+                             "uses the cores -, 4 with --server)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
     parser.add_argument("--quiet", action="store_true")
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, exit 2
@@ -235,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     from handlers.predictor import Predictor
 
     try:
-        if args.batch_size < 1 or args.concurrency < 1:
+        concurrency = args.concurrency if args.concurrency is not None else (4 if args.server else 1)
+        if args.batch_size < 1 or concurrency < 1:
             raise BatchScoreError("--batch-size and --concurrency must be >= 1")
         if not args.model:
             raise BatchScoreError("--model is required (the .onnx gives the input shape)")
@@ -247,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 token = json.loads(Path(args.key_file).read_text())["inference"]["key"]
             remote = RemoteScorer(args.server, args.model_name, token)
         summary = score(Path(args.input), Path(args.out), predictor, remote=remote,
-                        batch_size=args.batch_size, concurrency=args.concurrency,
+                        batch_size=args.batch_size, concurrency=concurrency,
                         progress=not args.quiet)
     except (BatchScoreError, ModelFileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

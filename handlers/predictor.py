@@ -34,12 +34,16 @@ class Predictor:
         logits, scores = self.session.run(["logits", "unknown_score"], {"images": images})
         return logits, scores
 
+    def top_classes(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class indices, probabilities) of the top-k classes, each N x k, best first."""
+        probabilities = softmax(logits / self.info.temperature)  # N x K
+        top = np.argsort(-probabilities, axis=1)[:, :self.top_k]
+        return top, np.take_along_axis(probabilities, top, axis=1)
+
     def answers(self, logits: np.ndarray, scores: np.ndarray,
                 thresholds: list[float | None] | None = None) -> list[dict]:
         """Per-image responses (DESIGN.md REST contract), vectorised over the batch."""
-        probabilities = softmax(logits / self.info.temperature)  # N x K
-        top = np.argsort(-probabilities, axis=1)[:, :self.top_k]  # N x k
-        top_p = np.take_along_axis(probabilities, top, axis=1)
+        top, top_p = self.top_classes(logits)
         names, model = self.info.class_names, {"name": self.name, "version": self.info.model_version,
                                                "method": self.info.method}
         rows = []

@@ -189,7 +189,8 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
         pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
     else:
         pixels_u8 = rng.integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
-    np.savez(workdir / f"{name}.npz", x=pixels_u8)
+    # the scorer is an offline job: give it enough images that start-up is not the figure
+    np.savez(workdir / f"{name}.npz", x=np.tile(pixels_u8, (8 if shape.channels == 1 else 1, 1, 1, 1)))
     images = pixels_u8.astype(np.float32) / 255
     result = {"raw_onnxruntime_images_per_s": {
         "batch1": raw_onnxruntime(predictor, images, 1, seconds / 3),
