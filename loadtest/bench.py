@@ -4,7 +4,8 @@
 (b) this server, single-image PNG requests: req/s and p50/p95/p99 at a fixed concurrency;
 (c) this server, 64-image JSON requests: images/s;
 (d) the stock TorchServe path (BaseHandler + eager PyTorch + PIL + softmax) under (b)'s load;
-(e) the offline batch scorer on an .npz: images/s.
+(e) the offline batch scorer on an .npz: images/s;
+plus (b) again serving the int8 export of the same model.
 Models: the default small CNN run (28x28 grey) and a random-weight CIFAR ResNet-18 (32x32
 RGB). Both servers get 1 worker and the same number of threads (onnxruntime / torch), and run
 in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end.
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.archive import build_archive  # noqa: E402
+from export.quantize import quantize_int8  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 from handlers.batch_score import score  # noqa: E402
 from handlers.predictor import Predictor  # noqa: E402
@@ -192,6 +194,10 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
     # the scorer is an offline job: give it enough images that start-up is not the figure
     np.savez(workdir / f"{name}.npz", x=np.tile(pixels_u8, (8 if shape.channels == 1 else 1, 1, 1, 1)))
     images = pixels_u8.astype(np.float32) / 255
+    # the same model through `python -m export --int8`'s quantizer (calibrated on these images;
+    # for a trained model the export gate checks AUROC/accuracy, random weights have none)
+    quantize_int8(onnx_path, workdir / f"{name}.int8.onnx", images[:512])
+    build_archive(workdir / f"{name}.int8.onnx", f"{name}-int8", "1", store, ort_threads=THREADS)
     result = {"raw_onnxruntime_images_per_s": {
         "batch1": raw_onnxruntime(predictor, images, 1, seconds / 3),
         "batch64": raw_onnxruntime(predictor, images, 64, seconds / 3)}}
@@ -224,7 +230,7 @@ def main() -> int:
     config = re.sub(r"load_models=.*", "load_models=all", config)
     # ours and "stock" with the batching of config.properties; "stock-b1" with TorchServe's
     # default batchSize 1 (what a user who never configured batching runs)
-    batch_size = {"": 16, "-stock": 16, "-stock-b1": 1}
+    batch_size = {"": 16, "-int8": 16, "-stock": 16, "-stock-b1": 1}
     config = re.sub(r"models=\{.*", "models={" + ",".join(
         f'"{name}{kind}": {{"1": {{"defaultVersion": true, "marName": "{name}{kind}.mar", '
         f'"minWorkers": 1, "maxWorkers": 1, "batchSize": {size}, "maxBatchDelay": 5, '
@@ -245,6 +251,8 @@ def main() -> int:
                               server["key"], args.concurrency, args.seconds)
             stock_b1 = http_load(18080, f"/predictions/{name}-stock-b1", pngs, "image/png",
                                  server["key"], args.concurrency, args.seconds)
+            ours_int8 = http_load(18080, f"/predictions/{name}-int8", pngs, "image/png",
+                                  server["key"], args.concurrency, args.seconds)
             bodies = [json.dumps([{"image": base64.b64encode(p).decode()}
                                   for p in pngs[i:i + 64]]).encode() for i in range(0, 256, 64)]
             multi = http_load(18080, f"/predictions/{name}", bodies, "application/json",
@@ -252,12 +260,14 @@ def main() -> int:
             raw64 = result["raw_onnxruntime_images_per_s"]["batch64"]
             result.update({
                 "server_single_image": ours, "stock_single_image": stock,
-                "stock_single_image_batch1": stock_b1,
+                "stock_single_image_batch1": stock_b1, "server_int8_single_image": ours_int8,
                 "server_multi_image_64": multi,
                 "ratios": {"server_vs_stock_req_per_s": ours["req_per_s"] / stock["req_per_s"],
                            "server_vs_stock_p99": ours["p99_ms"] / stock["p99_ms"],
                            "server_vs_stock_batch1_req_per_s": ours["req_per_s"] / stock_b1["req_per_s"],
                            "server_vs_stock_batch1_p99": ours["p99_ms"] / stock_b1["p99_ms"],
+                           "server_int8_vs_stock_req_per_s": ours_int8["req_per_s"] / stock["req_per_s"],
+                           "server_int8_vs_stock_p99": ours_int8["p99_ms"] / stock["p99_ms"],
                            "multi_image_vs_raw_batch64": multi["images_per_s"] / raw64,
                            "batch_scorer_vs_raw_batch64": result["batch_scorer_images_per_s"] / raw64},
                 "time_split_single_image": time_split(before, after, name, ours["p50_ms"]),
