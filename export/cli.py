@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     try:
+        if args.calibration_images < 1:
+            raise ExportError("--calibration-images must be >= 1")
         report = export_onnx(run_dir, out, args.model_version, tolerance=args.tolerance)
         if args.int8:
             int8 = out.with_suffix(".int8.onnx")

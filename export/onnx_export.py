@@ -38,6 +38,10 @@ def load_run(run_dir: Path) -> tuple[ContractModel, dict, dict]:
         classifier.load_state_dict(checkpoint["state_dict"])
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bad input file
         raise ExportError(f"{run_dir}: cannot load the run ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("class_names", "threshold", "threshold_rule", "method", "input_shape")
+               if k not in checkpoint]
+    if missing:
+        raise ExportError(f"{run_dir}: the checkpoint lacks {', '.join(missing)} (re-run training)")
     return ContractModel(classifier).eval(), checkpoint, metrics
 
 
@@ -89,8 +93,6 @@ def export_onnx(run_dir: str | Path, out: str | Path, model_version: str = "1",
     """Export, check with onnx.checker, prove parity; write `out` only when all of it passed."""
     run_dir, out = Path(run_dir), Path(out)
     model, checkpoint, metrics = load_run(run_dir)
-    if "input_shape" not in checkpoint:
-        raise ExportError(f"{run_dir}: the checkpoint has no input shape (re-run training)")
     channels, height, width = checkpoint["input_shape"]
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out.parent)

@@ -13,6 +13,7 @@ import argparse
 import itertools
 import base64
 import csv
+import http.client
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from handlers.decode import LUMA, InputError, Shape, decode_image_bytes
+from handlers.decode import LUMA, MAX_IMAGES_PER_REQUEST, InputError, Shape, decode_image_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 COLUMNS = ("id", "label", "known", "unknown_score", "predicted_class", "class_index", "top_k",
@@ -63,12 +64,21 @@ def npz_pixels(x: np.ndarray, shape: Shape) -> np.ndarray:
 
 def open_npz(path: Path, shape: Shape) -> np.ndarray:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data.files:
-                raise BatchScoreError(f"{path}: no array 'x' (found {sorted(data.files)})")
-            x = data["x"]
-    except (OSError, ValueError, AttributeError) as exc:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise BatchScoreError(f"{path}: cannot read as .npz ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise BatchScoreError(f"{path}: a single .npy array, not an .npz with x")
+    with data:
+        if "x" not in data.files:
+            raise BatchScoreError(f"{path}: no array 'x' (found {sorted(data.files)})")
+        try:
+            x = data["x"]
+        except (OSError, ValueError) as exc:
+            raise BatchScoreError(f"{path}: cannot read x ({exc})") from None
+    if x.ndim not in (3, 4) or not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+        raise BatchScoreError(f"{path}: x must be uint8 or float images of rank 3 or 4, "
+                              f"got {x.dtype} {x.shape}")
     sample = npz_pixels(x[:1], shape) if len(x) else None
     if sample is None or sample.shape[1:] != (shape.channels, shape.height, shape.width):
         raise BatchScoreError(f"{path}: x has shape {x.shape}; the model takes "
@@ -176,8 +186,9 @@ class RemoteScorer:
         self.endpoint, self.token, self.retries = f"{url.rstrip('/')}/predictions/{model}", token, retries
 
     def __call__(self, batch: Batch) -> list[dict | str]:
+        # pixels go as 0..255 integers: 3-4 characters each instead of ~20 for floats
         body = json.dumps([{"image": base64.b64encode(p).decode()} if isinstance(p, bytes)
-                           else {"pixels": p.tolist()} for p in
+                           else {"pixels": np.rint(p * 255).astype(np.uint8).tolist()} for p in
                            (batch.payloads[i] for i in batch.good)]).encode()
         headers = {"Content-Type": "application/json"}
         if self.token:
@@ -192,9 +203,10 @@ class RemoteScorer:
                 error = f"server answered {exc.code}: {exc.read()[:200].decode(errors='replace')}"
                 if exc.code != 503:
                     break
-            except (urllib.error.URLError, OSError, ValueError) as exc:
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
                 error = f"server unreachable ({exc})"
-            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+            if attempt < self.retries:
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
         return [error] * len(batch.good)
 
 
@@ -265,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         concurrency = args.concurrency if args.concurrency is not None else (4 if args.server else 1)
         if args.batch_size < 1 or concurrency < 1:
             raise BatchScoreError("--batch-size and --concurrency must be >= 1")
+        if args.server and args.batch_size > MAX_IMAGES_PER_REQUEST:
+            raise BatchScoreError(f"--batch-size: the server takes at most "
+                                  f"{MAX_IMAGES_PER_REQUEST} images per request")
+        if args.server and not args.server.startswith(("http://", "https://")):
+            raise BatchScoreError(f"--server {args.server!r}: expected http://host:port")
         if not args.model:
             raise BatchScoreError("--model is required (the .onnx gives the input shape)")
         predictor = Predictor(args.model, threads=args.threads)
@@ -272,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.server:
             token = None
             if Path(args.key_file).is_file():
-                token = json.loads(Path(args.key_file).read_text())["inference"]["key"]
+                try:
+                    token = json.loads(Path(args.key_file).read_text())["inference"]["key"]
+                except (ValueError, KeyError, TypeError):
+                    raise BatchScoreError(f"--key-file {args.key_file}: not TorchServe's "
+                                          "key_file.json") from None
             remote = RemoteScorer(args.server, args.model_name, token)
         summary = score(Path(args.input), Path(args.out), predictor, remote=remote,
                         batch_size=args.batch_size, concurrency=concurrency,

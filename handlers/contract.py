@@ -9,6 +9,7 @@ message that names the problem.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,17 @@ def _metadata(session: ort.InferenceSession, path: Path) -> dict:
 
 def _check_io(session: ort.InferenceSession, meta: dict, path: Path) -> tuple[str, ...]:
     inputs = session.get_inputs()
+    spec = meta["input_spec"]
+    if not isinstance(spec, dict) or not isinstance(meta["class_names"], list):
+        raise ModelFileError(f"{path}: metadata input_spec must be an object and class_names a list")
     if len(inputs) != 1 or inputs[0].name != "images" or inputs[0].type != "tensor(float)" \
             or len(inputs[0].shape) != 4:
         found = [(i.name, i.type, i.shape) for i in inputs]
         raise ModelFileError(f"{path}: expected one input 'images' float32 [batch, C, H, W], "
                              f"found {found}")
-    spec = meta["input_spec"]
+    if isinstance(inputs[0].shape[0], int):
+        raise ModelFileError(f"{path}: the batch axis is fixed at {inputs[0].shape[0]}; "
+                             "export with a dynamic batch axis")
     expected = [spec.get("channels"), spec.get("height"), spec.get("width")]
     declared = inputs[0].shape[1:]
     if any(isinstance(d, int) and d != e for d, e in zip(declared, expected)):
@@ -114,6 +120,8 @@ def load_model(path: str | Path, providers: list[str] | None = None,
     output_names = _check_io(session, meta, path)
     spec, threshold = meta["input_spec"], meta["threshold"]
     try:
+        if not isinstance(threshold, dict):
+            raise TypeError("threshold must be an object with a value")
         info = ModelInfo(
             class_names=tuple(str(n) for n in meta["class_names"]),
             channels=int(spec["channels"]), height=int(spec["height"]), width=int(spec["width"]),
@@ -123,6 +131,12 @@ def load_model(path: str | Path, providers: list[str] | None = None,
             output_names=output_names,
             temperature=float(meta.get("temperature", 1.0)),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"{path}: malformed metadata ({type(exc).__name__}: {exc})") from None
+    if not math.isfinite(info.threshold):
+        raise ModelFileError(f"{path}: threshold {info.threshold} is not a finite number")
+    if not (math.isfinite(info.temperature) and info.temperature > 0):
+        raise ModelFileError(f"{path}: temperature must be finite and > 0, got {info.temperature}")
+    if min(info.channels, info.height, info.width) < 1:
+        raise ModelFileError(f"{path}: input_spec sizes must be positive")
     return session, info

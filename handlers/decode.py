@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGES_PER_REQUEST = 256
+MAX_PIXELS = 4096 * 4096  # refuse before decoding: a tiny PNG can inflate to gigabytes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
 
 
@@ -51,39 +52,61 @@ def parse_threshold(value: object) -> float | None:
         return None
     if isinstance(value, (bytes, bytearray)):
         value = value.decode("utf-8", "replace")
+    if isinstance(value, bool):
+        raise InputError("bad_threshold", "threshold must be a number, got a boolean")
     try:
         threshold = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError("bad_threshold", f"threshold must be a number, got {value!r}") from None
     if not math.isfinite(threshold):
         raise InputError("bad_threshold", "threshold must be finite")
     return threshold
 
 
+def _image_pixels(image: Image.Image, channels: int) -> np.ndarray:
+    """H x W (x C) float32 in [0, 1]; 16-bit grey is scaled, not clipped by Pillow's "L"."""
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        grey = np.asarray(image, dtype=np.float32) / 65535
+        return grey if channels == 1 else np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        raise InputError("unsupported_image", "32-bit integer or float images are not "
+                         "supported; send 8- or 16-bit images, or JSON pixels")
+    converted = image.convert("L" if channels == 1 else "RGB")
+    return np.asarray(converted, dtype=np.float32) / 255
+
+
 def decode_image_bytes(data: bytes, shape: Shape) -> np.ndarray:
     """Encoded image -> C x H x W float32 in [0, 1] at the model's shape."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise InputError("too_large", f"image is {width}x{height}; at most "
+                                 f"{MAX_PIXELS} pixels")
+            if (width, height) != (shape.width, shape.height) and \
+                    abs(width * shape.height - height * shape.width) > 0.01 * width * shape.height:
+                raise InputError("wrong_size", f"image is {width}x{height}; the model takes "
+                                 f"{shape.width}x{shape.height} and the aspect ratio differs")
             image.load()
-            mode = "L" if shape.channels == 1 else "RGB"
-            converted = image.convert(mode)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError):
+            pixels = _image_pixels(image, shape.channels)
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow raises many types (SyntaxError, TypeError...) on bad bytes
         raise InputError("not_an_image", "body is neither an image (PNG, JPEG, ...) nor JSON") from None
-    width, height = converted.size
-    if (width, height) != (shape.width, shape.height):
-        if abs(width * shape.height - height * shape.width) > 0.01 * width * shape.height:
-            raise InputError("wrong_size", f"image is {width}x{height}; the model takes "
-                             f"{shape.width}x{shape.height} and the aspect ratio differs")
-        converted = converted.resize((shape.width, shape.height), Image.BILINEAR)
-    pixels = np.asarray(converted, dtype=np.float32) / 255
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if pixels.shape[:2] != (shape.height, shape.width):
+        channels_last = pixels if pixels.ndim == 3 else pixels[..., None]
+        resized = [np.asarray(Image.fromarray(channels_last[..., c]).resize(
+            (shape.width, shape.height), Image.BILINEAR)) for c in range(channels_last.shape[2])]
+        pixels = np.stack(resized, axis=2) if pixels.ndim == 3 else resized[0]
+    return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1),
+                                dtype=np.float32)
 
 
 def decode_pixels(values: object, shape: Shape) -> np.ndarray:
     """Nested array -> C x H x W float32 in [0, 1]; size must match, channels may convert."""
     try:
         array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError("bad_pixels", "pixels must be a nested array of numbers of one shape") from None
     if not np.isfinite(array).all():
         raise InputError("non_finite", "pixels contain NaN or infinity")
@@ -118,7 +141,7 @@ def _decode_item(item: object, shape: Shape, default_threshold: float | None) ->
         if not isinstance(item["image"], str):
             raise InputError("bad_base64", '"image" must be a base64 string')
         try:
-            data = base64.b64decode(item["image"], validate=True)
+            data = base64.b64decode("".join(item["image"].split()), validate=True)  # 76-col wraps
         except (binascii.Error, ValueError):
             raise InputError("bad_base64", '"image" is not valid base64') from None
         if not data:
@@ -140,14 +163,14 @@ def decode_request(body: object, shape: Shape,
         if stripped[:1] in (b"{", b"["):
             try:
                 body = json.loads(stripped)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, huge ints
                 raise InputError("bad_json", "body starts like JSON but is not valid JSON") from None
         else:
             return [DecodedImage(decode_image_bytes(bytes(body), shape), threshold)], False
     elif isinstance(body, str):
         try:
             body = json.loads(body)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise InputError("bad_json", "body is not valid JSON") from None
     if isinstance(body, list):
         if not body:

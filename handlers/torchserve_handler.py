@@ -30,7 +30,11 @@ class OpenSetHandler:
         manifest = context.manifest["model"]
         model_dir = Path(context.system_properties["model_dir"])
         settings = (context.model_yaml_config or {}).get("handler", {})
-        threads = int(os.environ.get("OPENSET_ORT_THREADS", settings.get("ort_threads", 1)))
+        try:
+            threads = int(os.environ.get("OPENSET_ORT_THREADS", settings.get("ort_threads", 1)))
+        except ValueError:
+            logger.error("OPENSET_ORT_THREADS / ort_threads is not an integer; using 1")
+            threads = 1
         try:
             self.predictor = Predictor(model_dir / manifest["serializedFile"],
                                        name=manifest["modelName"], threads=threads,

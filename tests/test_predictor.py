@@ -87,8 +87,9 @@ def test_answers_follow_the_contract(predictor, runs):
     assert answer["threshold"] == pytest.approx(predictor.info.threshold)
     assert answer["known"] == (answer["unknown_score"] <= answer["threshold"])
     assert answer["label"] in (*predictor.info.class_names, "unknown")
-    assert len(answer["probabilities"]) == 3
-    assert sum(p["probability"] for p in answer["probabilities"]) <= 1 + 1e-6
+    probabilities = [p["probability"] for p in answer["probabilities"]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    assert answer["probabilities"][0]["label"] == answer["predicted_class"]
     assert answer["model"] == {"name": "digits", "version": "7", "method": "arpl"}
 
 
@@ -110,3 +111,38 @@ def test_batched_scores_equal_single_scores(predictor):
     _, batched = predictor.run(images)
     singles = [predictor.run(images[i:i + 1])[1][0] for i in range(5)]
     assert np.allclose(batched, singles, atol=1e-5)
+
+
+def test_damaged_png_is_a_client_error():
+    data = bytearray(png((np.arange(64) % 251).reshape(8, 8).astype(np.uint8)))
+    data[36] ^= 0x10  # a damaged chunk length: Pillow raises SyntaxError("broken PNG file")
+    with pytest.raises(InputError) as raised:
+        decode_request(bytes(data), SHAPE)
+    assert raised.value.code == "not_an_image"
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(buffer, format="PNG")
+    images, _ = decode_request(buffer.getvalue(), SHAPE)
+    assert np.allclose(images[0].pixels, 32768 / 65535, atol=1e-4)
+
+
+def test_huge_image_is_refused_before_decoding():
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buffer, format="PNG")
+    with pytest.raises(InputError) as raised:
+        decode_request(buffer.getvalue(), SHAPE)
+    assert raised.value.code == "too_large"
+
+
+def test_wrapped_base64_and_hostile_json():
+    encoded = base64.encodebytes(png(np.zeros((8, 8), np.uint8))).decode()  # 76-column lines
+    images, _ = decode_request(json.dumps({"image": encoded}).encode(), SHAPE)
+    assert images[0].pixels.shape == (1, 8, 8)
+    for body, code in ((b"[" * 100_000 + b"]" * 100_000, "bad_json"),
+                       (b'{"pixels": [[1]], "threshold": ' + b"9" * 400 + b"}", "bad_threshold"),
+                       (b'{"pixels": [[' + b"9" * 400 + b"]]}", "bad_pixels")):
+        with pytest.raises(InputError) as raised:
+            decode_request(body, SHAPE)
+        assert raised.value.code == code

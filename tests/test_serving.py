@@ -74,9 +74,11 @@ def server(tmp_path_factory):
     build_archive(tmp / "model.onnx", MODEL, "1", store, ort_threads=1)
     corrupt_copy(store, tmp / "model.onnx")
     env = {"TMPDIR": str(tmp)}
-    info = start(serving_config(store, tmp), tmp, env=env, timeout=120)
-    yield {**info, "workdir": tmp}
-    stop(tmp, env=env)
+    try:
+        info = start(serving_config(store, tmp), tmp, env=env, timeout=120)
+        yield {**info, "workdir": tmp}
+    finally:
+        stop(tmp, env=env)  # also when start() timed out: never leave a server behind
 
 
 def call(server, body: bytes | None, content_type: str = "application/octet-stream",
@@ -204,6 +206,7 @@ def test_batch_scorer_remote_mode_matches_local(server, tmp_path, runs):
     assert local["images"] == remote["images"] == 11 and remote["errors"] == 1
     rows = [[json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
             for name in ("local", "remote")]
+    assert len(rows[0]) == len(rows[1]) == 11
     for mine, theirs in zip(*rows):
         assert mine["id"] == theirs["id"] and mine["label"] == theirs["label"]
         if not mine["error"]:
