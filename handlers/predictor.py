@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from handlers.contract import load_model
-from handlers.decode import DecodedImage, InputError, Shape, decode_request
+from handlers.decode import DecodedImage, InputError, Shape, decode_request, parse_threshold
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,8 +66,6 @@ class Predictor:
         return rows
 
     def decode(self, body: object, threshold: object = None) -> tuple[list[DecodedImage], bool]:
-        from handlers.decode import parse_threshold
-
         return decode_request(body, self.shape, parse_threshold(threshold))
 
     def predict_requests(self, requests: list[tuple[object, object]],
