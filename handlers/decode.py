@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 MAX_IMAGES_PER_REQUEST = 256
 MAX_PIXELS = 4096 * 4096  # refuse before decoding: a tiny PNG can inflate to gigabytes

@@ -1,6 +1,5 @@
 """Offline batch scoring: folder with a corrupt file, npz, CSV/JSONL schema, bad inputs."""
 import csv
-import io
 import json
 
 import numpy as np
