@@ -21,6 +21,16 @@ def test_open_set_metrics_by_hand():
     assert metrics["scores"]["mls"]["auroc"] == metrics["auroc"]
 
 
+def test_closed_set_metrics_have_no_open_set_figures():
+    known = {"logits": np.array([[2.0, 0.0], [0.0, 3.0]]), "unknown_score": np.array([0.1, 0.2]),
+             "score:mls": np.array([0.1, 0.2])}
+    empty = {"logits": np.zeros((0, 2)), "unknown_score": np.zeros(0), "score:mls": np.zeros(0)}
+    metrics = open_set_metrics(known, np.array([0, 0]), empty, threshold=0.15)
+    assert metrics["closed_acc"] == pytest.approx(0.5)
+    assert metrics["auroc"] is None and metrics["oscr"] is None
+    assert metrics["unknown_reject_rate"] is None and metrics["scores"]["mls"]["auroc"] is None
+
+
 def test_augment_none_is_identity_and_zero_affine_is_identity():
     images = torch.rand(4, 1, 8, 8)
     generator = torch.Generator().manual_seed(0)

@@ -49,3 +49,12 @@ def test_parse_known_accepts_indices_and_names():
 def test_parse_known_rejects_bad_classes(text, message):
     with pytest.raises(UserError, match=message):
         parse_known(text, [str(i) for i in range(10)])
+
+
+def test_all_classes_known_is_a_closed_set_split():
+    known = draw_known_classes(10, 10, split_seed=3)
+    assert known == tuple(range(10))
+    assert parse_known("9,8,7,6,5,4,3,2,1,0", [str(c) for c in range(10)]) == tuple(range(9, -1, -1))
+    split = open_set_split(LABELS, known, 0)
+    assert len(split.test_unknown) == 0
+    assert len(split.train) + len(split.val) + len(split.test_known) == len(LABELS)

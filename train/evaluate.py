@@ -15,7 +15,7 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device,
     """logits, the served unknown_score, and every alternative score the head defines."""
     model.eval().to(device)
     chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(images), batch_size):
+    for start in range(0, max(1, len(images)), batch_size):  # an empty set -> empty arrays
         x = torch.from_numpy(images[start:start + batch_size]).to(device).float() / 255
         outputs = model(x)
         row = {"logits": outputs["logits"], "unknown_score": outputs["unknown_score"]}
@@ -27,7 +27,9 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device,
 
 def open_set_metrics(known: dict[str, np.ndarray], known_labels: np.ndarray,
                      unknown: dict[str, np.ndarray], threshold: float) -> dict:
-    """Closed-set accuracy, AUROC and OSCR for the served score and for every alternative."""
+    """Closed-set accuracy, AUROC and OSCR for the served score and for every alternative.
+
+    A closed-set run (no unknown test images) reports AUROC and OSCR as None."""
     correct = known["logits"].argmax(1) == known_labels
     per_score = {}
     for key in known:
@@ -37,12 +39,15 @@ def open_set_metrics(known: dict[str, np.ndarray], known_labels: np.ndarray,
                 "oscr": oscr(known[key], correct, unknown[key]),
             }
     served_known, served_unknown = known["unknown_score"], unknown["unknown_score"]
+    if len(served_unknown) == 0:
+        per_score = {name: {"auroc": None, "oscr": None} for name in per_score}
     return {
         "closed_acc": closed_set_accuracy(known["logits"].argmax(1), known_labels),
-        "auroc": auroc(served_known, served_unknown),
-        "oscr": oscr(served_known, correct, served_unknown),
+        "auroc": auroc(served_known, served_unknown) if len(served_unknown) else None,
+        "oscr": oscr(served_known, correct, served_unknown) if len(served_unknown) else None,
         "threshold": threshold,
         "known_accept_rate": accept_rate(served_known, threshold),
-        "unknown_reject_rate": 1 - accept_rate(served_unknown, threshold),
+        "unknown_reject_rate": (1 - accept_rate(served_unknown, threshold)
+                                if len(served_unknown) else None),
         "scores": per_score,
     }

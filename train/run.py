@@ -170,8 +170,9 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     title = f"{cfg.method} ({spec.score}) on {data.name}"
-    plot_roc(test_known["unknown_score"], test_unknown["unknown_score"], metrics["auroc"],
-             out / "roc.png", title)
+    if metrics["auroc"] is not None:  # closed-set runs have no unknowns to draw
+        plot_roc(test_known["unknown_score"], test_unknown["unknown_score"], metrics["auroc"],
+                 out / "roc.png", title)
     plot_score_histogram(test_known["unknown_score"], test_unknown["unknown_score"], threshold,
                          out / "unknown_scores.png", title)
     return metrics

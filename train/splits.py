@@ -25,10 +25,13 @@ class OpenSetSplit:
 
 
 def draw_known_classes(num_classes: int, num_known: int, split_seed: int) -> tuple[int, ...]:
-    """The split_seed-th random choice of `num_known` known classes (the standard 6/4 splits)."""
-    if not 1 < num_known < num_classes:
-        raise UserError(f"--num-known must be 2..{num_classes - 1} (some classes must stay "
-                        f"unknown), got {num_known}")
+    """The split_seed-th random choice of `num_known` known classes (the standard 6/4 splits).
+
+    num_known == num_classes is a closed-set run: every class known, no open-set figures."""
+    if not 1 < num_known <= num_classes:
+        raise UserError(f"--num-known must be 2..{num_classes}, got {num_known}")
+    if num_known == num_classes:
+        return tuple(range(num_classes))
     rng = np.random.default_rng(split_seed)
     return tuple(sorted(int(c) for c in rng.permutation(num_classes)[:num_known]))
 
@@ -49,14 +52,12 @@ def parse_known(text: str, class_names: Sequence[str]) -> tuple[int, ...]:
                             f"(classes: {', '.join(names)})")
     if len(set(known)) != len(known) or len(known) < 2:
         raise UserError(f"--known needs at least 2 distinct classes, got {text!r}")
-    if len(known) == len(names):
-        raise UserError("--known lists every class; at least one must stay unknown")
-    return tuple(known)
+    return tuple(known)  # every class listed = a closed-set run
 
 
 def open_set_split(labels: np.ndarray, known_classes: Sequence[int], split_seed: int,
                    val_fraction: float = 0.1, test_fraction: float = 0.2) -> OpenSetSplit:
-    """Stratified split of each known class; unknown classes go to test in full."""
+    """Stratified split of each known class; unknown classes (maybe none) go to test in full."""
     rng = np.random.default_rng(10_000 + split_seed)
     train, val, test = [], [], []
     for cls in known_classes:
@@ -69,7 +70,5 @@ def open_set_split(labels: np.ndarray, known_classes: Sequence[int], split_seed:
         val.append(members[n_test:n_test + n_val])
         train.append(members[n_test + n_val:])
     unknown = np.flatnonzero(~np.isin(labels, list(known_classes)))
-    if len(unknown) == 0:
-        raise UserError("no images of unknown classes to test on")
     return OpenSetSplit(tuple(int(c) for c in known_classes), np.sort(np.concatenate(train)),
                         np.sort(np.concatenate(val)), np.sort(np.concatenate(test)), unknown)
