@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-acc-drop", type=float, default=0.005,
                         help="closed-set accuracy drop allowed, as a fraction (0.005 = 0.5 pt)")
     parser.add_argument("--calibration-images", type=int, default=512)
+    parser.add_argument("--sla-aggregate", action="store_true",
+                        help="SLA runs: export M-pass aggregated inference (SLA+AG) instead of "
+                             "the single-pass distilled head")
     return parser
 
 
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.calibration_images < 1:
             raise ExportError("--calibration-images must be >= 1")
-        report = export_onnx(run_dir, out, args.model_version, tolerance=args.tolerance)
+        report = export_onnx(run_dir, out, args.model_version, tolerance=args.tolerance,
+                             aggregated=args.sla_aggregate)
         if args.int8:
             int8 = out.with_suffix(".int8.onnx")
             report["int8"] = int8_report(run_dir, out, int8, args)

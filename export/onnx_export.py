@@ -13,7 +13,7 @@ import onnx
 import torch
 
 from handlers.contract import CONTRACT_VERSION, load_model
-from models import ModelSpec, build_classifier
+from models import AggregatedClassifier, ModelSpec, build_classifier
 from models.export_wrapper import ContractModel
 
 OPSET = 17
@@ -25,8 +25,12 @@ class ExportError(Exception):
     """Export could not produce a correct file; the message says why."""
 
 
-def load_run(run_dir: Path) -> tuple[ContractModel, dict, dict]:
-    """(contract module in eval mode, checkpoint, metrics) from a training run directory."""
+def load_run(run_dir: Path, aggregated: bool = False) -> tuple[ContractModel, dict, dict]:
+    """(contract module in eval mode, checkpoint, metrics) from a training run directory.
+
+    `aggregated` exports an SLA run's M-pass aggregated inference (SLA+AG) instead of its
+    single-pass distilled head; checkpoint and metrics then carry SLA+AG's threshold and figures.
+    """
     checkpoint_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
     for path in (checkpoint_path, metrics_path):
         if not path.is_file():
@@ -42,7 +46,17 @@ def load_run(run_dir: Path) -> tuple[ContractModel, dict, dict]:
                if k not in checkpoint]
     if missing:
         raise ExportError(f"{run_dir}: the checkpoint lacks {', '.join(missing)} (re-run training)")
-    return ContractModel(classifier).eval(), checkpoint, metrics
+    if not aggregated:
+        return ContractModel(classifier).eval(), checkpoint, metrics
+    transform = checkpoint["model_spec"].get("sla_transform", "none")
+    if transform == "none" or checkpoint.get("aggregated_threshold") is None:
+        raise ExportError(f"{run_dir}: --sla-aggregate needs a run trained with --method sla")
+    ag = metrics["aggregated"]
+    wrapped = AggregatedClassifier(classifier, transform, ag["score"])
+    checkpoint = dict(checkpoint, threshold=checkpoint["aggregated_threshold"],
+                      method=f"{checkpoint['method']}+ag", temperature=1.0,
+                      model_spec=dict(checkpoint["model_spec"], score=ag["score"]))
+    return ContractModel(wrapped).eval(), checkpoint, {**metrics, **ag}
 
 
 def metadata(checkpoint: dict, metrics: dict, model_version: str, source: str) -> dict[str, str]:
@@ -89,10 +103,11 @@ def parity(model: ContractModel, onnx_path: Path, channels: int, height: int, wi
 
 
 def export_onnx(run_dir: str | Path, out: str | Path, model_version: str = "1",
-                batch_sizes: tuple[int, ...] = (1, 32), tolerance: float = 1e-4) -> dict:
+                batch_sizes: tuple[int, ...] = (1, 32), tolerance: float = 1e-4,
+                aggregated: bool = False) -> dict:
     """Export, check with onnx.checker, prove parity; write `out` only when all of it passed."""
     run_dir, out = Path(run_dir), Path(out)
-    model, checkpoint, metrics = load_run(run_dir)
+    model, checkpoint, metrics = load_run(run_dir, aggregated)
     channels, height, width = checkpoint["input_shape"]
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out.parent)

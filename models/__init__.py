@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from torch import nn
+
 from models.backbones import BACKBONES
 from models.classifier import OpenSetClassifier
 from models.linear_head import LinearHead
 from models.reciprocal_points import ReciprocalPointHead
+from models.sla import NUM_VIEWS, AggregatedClassifier
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class ModelSpec:
     points_per_class: int = 1  # reciprocal head only
     score: str = "mls"
     feature_scale: float = 0.0  # reciprocal head only; > 0 L2-normalises z to this norm
+    sla_transform: str = "none"  # rotation | permutation: adds the SLA joint head (N*M outputs)
     mean: tuple[float, ...] = field(default=(0.5,))
     std: tuple[float, ...] = field(default=(0.5,))
 
@@ -49,8 +53,14 @@ def build_classifier(spec: ModelSpec) -> OpenSetClassifier:
                                    spec.variant, spec.score, spec.feature_scale)
     else:
         raise ValueError(f"unknown head {spec.head!r}; choose from linear, reciprocal")
-    return OpenSetClassifier(backbone, head, spec.mean, spec.std)
+    joint_head = None
+    if spec.sla_transform != "none":
+        if spec.sla_transform not in NUM_VIEWS:
+            raise ValueError(f"unknown SLA transform {spec.sla_transform!r}; "
+                             f"choose from none, {', '.join(NUM_VIEWS)}")
+        joint_head = nn.Linear(backbone.embed_dim, spec.num_classes * NUM_VIEWS[spec.sla_transform])
+    return OpenSetClassifier(backbone, head, spec.mean, spec.std, joint_head)
 
 
 __all__ = ["ModelSpec", "build_classifier", "OpenSetClassifier", "LinearHead",
-           "ReciprocalPointHead", "BACKBONES"]
+           "ReciprocalPointHead", "AggregatedClassifier", "BACKBONES"]

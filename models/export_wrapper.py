@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from models.classifier import OpenSetClassifier
+from models.sla import AggregatedClassifier
 
 
 class ContractModel(nn.Module):
@@ -13,10 +14,10 @@ class ContractModel(nn.Module):
     The scores come from the head's own forward, so serving never re-implements them.
     """
 
-    def __init__(self, classifier: OpenSetClassifier):
+    def __init__(self, classifier: OpenSetClassifier | AggregatedClassifier):
         super().__init__()
         self.classifier = classifier
-        self.has_distances = hasattr(classifier.head, "points")
+        self.has_distances = classifier.has_distances
 
     @property
     def output_names(self) -> list[str]:

@@ -12,7 +12,7 @@ from train.config import TrainConfig
 from train.errors import UserError
 
 HELP = {
-    "method": "softmax | rpl | arpl (default arpl)",
+    "method": "softmax | rpl | arpl | sla (default arpl)",
     "dataset": "mnist5k | digits | npz:PATH | folder:PATH | cifar10:PATH | cifar100:PATH",
     "out": "run directory (checkpoint, config.json, metrics.json, plots)",
     "known": "known classes, e.g. 0,1,2,3,4,5 (indices or names); default: drawn with --split-seed",
@@ -28,6 +28,12 @@ HELP = {
     "open_space_weight": "lambda of the open-space term (rpl/arpl)",
     "points_per_class": "reciprocal points per class (M)",
     "accept_rate": "threshold accepts this fraction of known validation images",
+    "sla_task": "method of the single-pass head SLA distils into: softmax | rpl | arpl",
+    "sla_transform": "SLA transformations: rotation (M = 4) | permutation (M = 6, RGB input)",
+    "sla_temperature": "SLA self-distillation temperature T",
+    "teacher": "run directory of a trained teacher: distil this run from it with RKD",
+    "rkd_distance_weight": "weight of the RKD distance-wise loss",
+    "rkd_angle_weight": "weight of the RKD angle-wise loss",
 }
 
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = "arpl"  # softmax | rpl | arpl
+    method: str = "arpl"  # softmax | rpl | arpl | sla
     dataset: str = "mnist5k"
     out: str = "runs/default"
     known: str | None = None  # "0,1,2,3,4,5"; None draws `num_known` classes with split_seed
@@ -30,6 +30,14 @@ class TrainConfig:
     points_per_class: int = 4
     feature_scale: float = 8.0  # > 0: L2-normalise the embedding to this norm (rpl/arpl)
     accept_rate: float = 0.95  # threshold accepts this fraction of known validation images
+    # SLA (--method sla): the shipped single-pass head is trained by --sla-task
+    sla_task: str = "softmax"  # softmax | rpl | arpl
+    sla_transform: str = "rotation"  # rotation (M = 4) | permutation (M = 6, RGB only)
+    sla_temperature: float = 1.0  # self-distillation temperature T
+    # RKD: distil a (smaller) student from a finished run directory
+    teacher: str | None = None
+    rkd_distance_weight: float = 25.0
+    rkd_angle_weight: float = 50.0
 
     def to_dict(self) -> dict:
         return asdict(self)

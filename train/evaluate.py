@@ -19,7 +19,7 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device,
         x = torch.from_numpy(images[start:start + batch_size]).to(device).float() / 255
         outputs = model(x)
         row = {"logits": outputs["logits"], "unknown_score": outputs["unknown_score"]}
-        row.update({f"score:{k}": v for k, v in model.head.all_scores(outputs).items()})
+        row.update({f"score:{k}": v for k, v in model.all_scores(outputs).items()})
         for key, value in row.items():
             chunks.setdefault(key, []).append(value.float().cpu().numpy())
     return {key: np.concatenate(parts) for key, parts in chunks.items()}

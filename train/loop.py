@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -42,10 +43,18 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor], *, epochs: int, batch_size: int, lr: float,
         momentum: float, weight_decay: float, augmentation: str, seed: int,
-        device: torch.device, progress: bool = True) -> list[dict]:
-    """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties)."""
+        device: torch.device, progress: bool = True,
+        views: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        teacher: nn.Module | None = None) -> list[dict]:
+    """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties).
+
+    `views` expands each augmented batch before the forward pass (SLA's M transformed copies);
+    a frozen `teacher` adds its embedding of the same inputs as outputs["teacher_embedding"].
+    """
     images, labels = train
     model.to(device).to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.to(device).to(memory_format=torch.channels_last).eval()
     loss_fn.to(device)
     optimizer = torch.optim.SGD(_param_groups([model, loss_fn], weight_decay), lr=lr,
                                 momentum=momentum, nesterov=momentum > 0)
@@ -65,7 +74,13 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             x = augment(_as_input(images[idx], device), augmentation, generator)
-            loss = loss_fn(model(x), labels[idx].to(device))
+            if views is not None:
+                x = views(x)
+            outputs = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    outputs["teacher_embedding"] = teacher(x)["embedding"]
+            loss = loss_fn(outputs, labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,7 +1,8 @@
 """`python -m train.protocol`: the standard open-set protocol, all methods in one run.
 
 Five random 6/4 splits (split seeds 0..4); per split, softmax (scored by MSP and by MLS),
-RPL and ARPL are trained on the same data with the same budget. Every `python -m train` flag
+RPL and ARPL (and SLA with --methods ...,sla) are trained on the same data with the same
+budget. With --num-known equal to the class count it is a closed-set comparison (accuracy only). Every `python -m train` flag
 applies to all runs (except --method and --split-seed, which the protocol sets). Writes per-run directories,
 `protocol.json`, a Markdown table `protocol.md` (mean +- std) and `protocol.png`.
 """
@@ -20,10 +21,22 @@ from train.losses import LOSSES
 
 
 def rows_of(method: str, metrics: dict) -> dict[str, dict]:
-    """One table row per (method, served score): softmax gives both MSP and MLS rows."""
+    """One table row per (method, served score): softmax gives both MSP and MLS rows, SLA its
+    single-pass distilled head (SD) and its M-pass aggregated inference (AG)."""
+    if method == "sla":
+        ag = metrics["aggregated"]
+        name = f"sla-{metrics['task']}"
+        return {f"{name}+SD ({metrics['score']})": {"closed_acc": metrics["closed_acc"],
+                                                    **metrics["scores"][metrics["score"]]},
+                f"{name}+AG ({ag['score']})": {"closed_acc": ag["closed_acc"],
+                                               **ag["scores"][ag["score"]]}}
     scores = ("msp", "mls") if method == "softmax" else (metrics["score"],)
     return {f"{method} ({score})": {"closed_acc": metrics["closed_acc"],
                                      **metrics["scores"][score]} for score in scores}
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
@@ -31,6 +44,9 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
     for row, runs in results.items():
         summary[row] = {}
         for key in ("closed_acc", "auroc", "oscr"):
+            if any(r[key] is None for r in runs):  # closed-set runs: no open-set figures
+                summary[row][key] = {"mean": None, "std": None, "values": [r[key] for r in runs]}
+                continue
             values = np.array([r[key] for r in runs])
             summary[row][key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))
                                  if len(values) > 1 else 0.0, "values": values.tolist()}
@@ -41,7 +57,8 @@ def markdown(summary: dict[str, dict], n_splits: int) -> str:
     lines = [f"| method (score) | closed-set acc | AUROC | OSCR |  (mean +- std over {n_splits} splits)",
              "|---|---|---|---|"]
     for row, stats in summary.items():
-        cells = [f"{stats[k]['mean']:.4f} +- {stats[k]['std']:.4f}" for k in ("closed_acc", "auroc", "oscr")]
+        cells = [f"{fmt(stats[k]['mean'])} +- {fmt(stats[k]['std'])}" if stats[k]["mean"] is not None
+                 else "n/a" for k in ("closed_acc", "auroc", "oscr")]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -53,14 +70,15 @@ def plot(summary: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key in zip(axes, ("auroc", "oscr")):
+    keys = [k for k in ("closed_acc", "auroc", "oscr") if summary[names[0]][k]["mean"] is not None]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         means = [summary[n][key]["mean"] for n in names]
         ax.bar(names, means, yerr=[summary[n][key]["std"] for n in names], capsize=4)
         for i, n in enumerate(names):
             ax.scatter([i] * len(summary[n][key]["values"]), summary[n][key]["values"], c="k", s=8)
         ax.set_ylim(min(means) - 0.05, 1.0)
-        ax.set_title(key.upper())
+        ax.set_title({"closed_acc": "closed-set accuracy"}.get(key, key.upper()))
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -70,7 +88,9 @@ def plot(summary: dict[str, dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m train.protocol", __doc__)
     parser.add_argument("--splits", type=int, default=5, help="split seeds 0..N-1")
-    parser.add_argument("--methods", default=",".join(LOSSES), help="comma-separated methods")
+    parser.add_argument("--methods", default="softmax,rpl,arpl", help="comma-separated methods")
+    parser.add_argument("--seed-per-split", action="store_true",
+                        help="also vary the weight/batch seed: seed = --seed + split seed")
     parser.set_defaults(out="runs/protocol")
     try:
         base, extra = parse_config(argv, parser)
@@ -86,14 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[dict]] = {}
         for split_seed in range(extra["splits"]):
             for method in methods:
-                cfg = dataclasses.replace(base, method=method, split_seed=split_seed,
+                seed = base.seed + split_seed if extra["seed_per_split"] else base.seed
+                cfg = dataclasses.replace(base, method=method, split_seed=split_seed, seed=seed,
                                           out=str(out / f"split{split_seed}" / method))
                 metrics = run(cfg)
                 for row, values in rows_of(method, metrics).items():
                     results.setdefault(row, []).append({**values, "split_seed": split_seed,
+                                                        "seed": seed,
                                                         "train_seconds": metrics["train_seconds"]})
-                print(f"split {split_seed} {method}: acc {metrics['closed_acc']:.4f} "
-                      f"auroc {metrics['auroc']:.4f} oscr {metrics['oscr']:.4f}", flush=True)
+                print(f"split {split_seed} {method}: acc {fmt(metrics['closed_acc'])} "
+                      f"auroc {fmt(metrics['auroc'])} oscr {fmt(metrics['oscr'])}", flush=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

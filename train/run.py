@@ -5,27 +5,36 @@ import dataclasses
 import json
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models import ModelSpec, build_classifier
+from models import AggregatedClassifier, ModelSpec, build_classifier
 from models import linear_head, reciprocal_points
 from models.backbones import BACKBONES
+from models.complexity import count_macs
+from models.sla import NUM_VIEWS, transform_views
 from train.augment import AUGMENTATIONS
 from train.calibration import threshold_for_accept_rate
+from train.checkpoints import load_run_classifier
 from train.config import TrainConfig
 from train.datasets import ImageSet, load_dataset
 from train.errors import UserError
 from train.evaluate import open_set_metrics, predict
 from train.loop import fit
-from train.losses import LOSSES
+from train.losses import LOSSES, TASKS, RelationalDistillationLoss, SelfLabelAugmentationLoss
 from train.plots import plot_roc, plot_score_histogram
-from train.splits import draw_known_classes, open_set_split, parse_known
+from train.splits import OpenSetSplit, draw_known_classes, open_set_split, parse_known
 
 SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.SCORES}
 DEFAULT_SCORE = "mls"  # max logit; for reciprocal heads -max_k l_k, from the point distances
+
+
+def task_of(cfg: TrainConfig) -> str:
+    """The single-head method that trains the head this run ships (SLA distils into one)."""
+    return cfg.sla_task if cfg.method == "sla" else cfg.method
 
 
 def resolve(cfg: TrainConfig, in_channels: int) -> TrainConfig:
@@ -33,7 +42,7 @@ def resolve(cfg: TrainConfig, in_channels: int) -> TrainConfig:
     return dataclasses.replace(
         cfg,
         score=DEFAULT_SCORE if cfg.score is None else cfg.score,
-        temperature=(LOSSES[cfg.method].default_temperature if cfg.temperature is None
+        temperature=(LOSSES[task_of(cfg)].default_temperature if cfg.temperature is None
                      else cfg.temperature),
         augment=("affine-flip" if in_channels == 3 else "affine") if cfg.augment is None
         else cfg.augment,
@@ -48,19 +57,27 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"unknown arch {cfg.arch!r}; choose from {', '.join(BACKBONES)}")
     if cfg.augment is not None and cfg.augment not in AUGMENTATIONS:
         raise UserError(f"unknown augment {cfg.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
-    scores = SCORES_OF_HEAD[LOSSES[cfg.method].head]
+    if cfg.sla_task not in TASKS:
+        raise UserError(f"unknown --sla-task {cfg.sla_task!r}; choose from {', '.join(TASKS)}")
+    if cfg.sla_transform not in NUM_VIEWS:
+        raise UserError(f"unknown --sla-transform {cfg.sla_transform!r}; "
+                        f"choose from {', '.join(NUM_VIEWS)}")
+    scores = SCORES_OF_HEAD[LOSSES[task_of(cfg)].head]
     if cfg.score is not None and cfg.score not in scores:
-        raise UserError(f"--score {cfg.score!r} is not defined for {cfg.method}; "
+        raise UserError(f"--score {cfg.score!r} is not defined for {task_of(cfg)}; "
                         f"choose from {', '.join(scores)}")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "width": cfg.width, "points_per_class": cfg.points_per_class}
+                "width": cfg.width, "points_per_class": cfg.points_per_class,
+                "sla_temperature": cfg.sla_temperature}
     if cfg.temperature is not None:
         positive["temperature"] = cfg.temperature
     for name, value in positive.items():
         if not value > 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
     non_negative = {"feature_scale": cfg.feature_scale, "weight_decay": cfg.weight_decay,
-                    "open_space_weight": cfg.open_space_weight, "momentum": cfg.momentum}
+                    "open_space_weight": cfg.open_space_weight, "momentum": cfg.momentum,
+                    "rkd_distance_weight": cfg.rkd_distance_weight,
+                    "rkd_angle_weight": cfg.rkd_angle_weight}
     for name, value in non_negative.items():
         if not value >= 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
@@ -90,24 +107,52 @@ def check_device(name: str) -> None:
 
 
 def build_loss(cfg: TrainConfig) -> torch.nn.Module:
-    """The method's loss from a resolved config."""
-    loss = LOSSES[cfg.method]
-    if loss.head == "reciprocal":
-        return loss(temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
-    return loss(temperature=cfg.temperature)
+    """The method's loss from a resolved config: the task, wrapped by SLA and/or RKD."""
+    task = LOSSES[task_of(cfg)]
+    if task.head == "reciprocal":
+        loss = task(temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
+    else:
+        loss = task(temperature=cfg.temperature)
+    if cfg.method == "sla":
+        loss = SelfLabelAugmentationLoss(loss, cfg.sla_transform, cfg.sla_temperature)
+    if cfg.teacher is not None:
+        loss = RelationalDistillationLoss(loss, cfg.rkd_distance_weight, cfg.rkd_angle_weight)
+    return loss
+
+
+def check_sla_input(cfg: TrainConfig, input_shape: tuple[int, ...]) -> None:
+    """Rotations need square images; channel permutations need colour."""
+    channels, height, width = input_shape
+    if cfg.sla_transform == "rotation" and height != width:
+        raise UserError(f"--sla-transform rotation needs square images, got {height}x{width}")
+    if cfg.sla_transform == "permutation" and channels != 3:
+        raise UserError(f"--sla-transform permutation needs RGB images, got {channels} channel(s)")
 
 
 def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: np.ndarray) -> ModelSpec:
     pixels = train_images.astype(np.float32) / 255  # N x C x H x W
     return ModelSpec(
         arch=cfg.arch, in_channels=data.images.shape[1], num_classes=num_known,
-        head=LOSSES[cfg.method].head, width=cfg.width,
-        variant=cfg.method if LOSSES[cfg.method].head == "reciprocal" else "arpl",
+        head=LOSSES[task_of(cfg)].head, width=cfg.width,
+        variant=task_of(cfg) if LOSSES[task_of(cfg)].head == "reciprocal" else "arpl",
         points_per_class=cfg.points_per_class, feature_scale=cfg.feature_scale,
-        score=cfg.score,
+        score=cfg.score, sla_transform=cfg.sla_transform if cfg.method == "sla" else "none",
         mean=tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
         std=tuple(float(s) + 1e-6 for s in pixels.std(axis=(0, 2, 3))),
     )
+
+
+def aggregated_metrics(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray,
+                       split: OpenSetSplit, labels: np.ndarray, device: torch.device) -> dict:
+    """The open-set figures of SLA+AG inference, with its own validation-calibrated threshold."""
+    score = cfg.score if cfg.score in linear_head.SCORES else DEFAULT_SCORE
+    aggregated = AggregatedClassifier(model, cfg.sla_transform, score)
+    val = predict(aggregated, images[split.val], device)
+    threshold = threshold_for_accept_rate(val["unknown_score"], cfg.accept_rate)
+    result = open_set_metrics(predict(aggregated, images[split.test_known], device),
+                              labels[split.test_known],
+                              predict(aggregated, images[split.test_unknown], device), threshold)
+    return {**result, "score": score, "passes": NUM_VIEWS[cfg.sla_transform]}
 
 
 def run(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -127,6 +172,13 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
              else draw_known_classes(data.num_classes, cfg.num_known, cfg.split_seed))
     split = open_set_split(data.labels, known, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
     labels = split.relabel(data.labels)
+    input_shape = tuple(data.images.shape[1:])  # C, H, W
+    if cfg.method == "sla":
+        check_sla_input(cfg, input_shape)
+    teacher = None
+    if cfg.teacher is not None:
+        teacher, _ = load_run_classifier(cfg.teacher, "--teacher",
+                                         [data.class_names[c] for c in known], input_shape)
     spec = model_spec(cfg, data, len(known), data.images[split.train])
     model = build_classifier(spec)
 
@@ -137,7 +189,9 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     history = fit(model, build_loss(cfg), tensors(split.train), tensors(split.val),
                   epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, augmentation=cfg.augment, seed=cfg.seed,
-                  device=device, progress=progress)
+                  device=device, progress=progress, teacher=teacher,
+                  views=(partial(transform_views, transform=cfg.sla_transform)
+                         if cfg.method == "sla" else None))
     train_seconds = time.perf_counter() - started
 
     val = predict(model, data.images[split.val], device)
@@ -146,12 +200,12 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     test_unknown = predict(model, data.images[split.test_unknown], device)
     metrics = open_set_metrics(test_known, labels[split.test_known], test_unknown, threshold)
     metrics.update({
-        "method": cfg.method, "score": spec.score, "dataset": data.name,
+        "method": cfg.method, "task": task_of(cfg), "score": spec.score, "dataset": data.name,
         "known_classes": [data.class_names[c] for c in known],
         "unknown_classes": [n for i, n in enumerate(data.class_names) if i not in known],
         "threshold_rule": f"accepts {cfg.accept_rate:.0%} of known validation images",
         "best_val_acc": max(h["val_acc"] for h in history),
-        "input_shape": list(data.images.shape[1:]),
+        "input_shape": list(input_shape), "macs": count_macs(model, input_shape),
         "n_train": len(split.train), "n_val": len(split.val),
         "n_test_known": len(split.test_known), "n_test_unknown": len(split.test_unknown),
         "train_seconds": train_seconds, "augment": cfg.augment,
@@ -160,12 +214,22 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         "history": history,
     })
 
+    if cfg.method == "sla":  # SLA+AG: M passes through the joint head, its own threshold
+        metrics["aggregated"] = aggregated_metrics(model, cfg, data.images, split, labels, device)
+    if teacher is not None:
+        teacher_known = predict(teacher, data.images[split.test_known], device)
+        metrics["teacher"] = {
+            "run": cfg.teacher, "macs": count_macs(teacher, input_shape),
+            "closed_acc": float(np.mean(teacher_known["logits"].argmax(1)
+                                        == labels[split.test_known]))}
+
     torch.save({
         "model_spec": spec.to_dict(), "state_dict": model.state_dict(),
         "class_names": list(metrics["known_classes"]), "threshold": threshold,
-        "input_shape": list(data.images.shape[1:]),  # C, H, W
+        "input_shape": list(input_shape), "macs": count_macs(model, input_shape),  # C, H, W
         "threshold_rule": metrics["threshold_rule"], "method": cfg.method,
         "temperature": cfg.temperature,
+        "aggregated_threshold": metrics.get("aggregated", {}).get("threshold"),
     }, out / "model.pt")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,44 @@
+"""SLA with self-distillation, SLA+SD (Lee et al., ICML 2020).
+
+Trained on view-major batches of M transformed copies (models/sla.py), with N classes:
+    L = mean_{b,j} CE(joint(t_j(x_b)), y_b * M + j)                      (SLA, joint head)
+      + T^2 * KL(softmax(s / T).detach() || softmax(u / T))             (self-distillation)
+      + task(u, y)                                                      (the single-pass head)
+s = aggregated joint logits (SLA+AG) and u = the classifier's own head on the untransformed
+view. The task loss is any single-head method (softmax CE, RPL, ARPL), so the shipped one-pass
+head can be a reciprocal-point head with its distance-based unknown score. For those, u is the
+head's logits divided by the task's temperature: the probabilities the task itself trains.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.sla import NUM_VIEWS, aggregate, joint_labels
+
+
+class SelfLabelAugmentationLoss(nn.Module):
+    default_temperature = None  # the task's own (see train/run.py)
+
+    def __init__(self, task: nn.Module, transform: str = "rotation",
+                 distill_temperature: float = 1.0):
+        super().__init__()
+        self.task = task
+        self.head = task.head
+        self.num_views = NUM_VIEWS[transform]
+        self.distill_temperature = distill_temperature
+
+    def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        m, batch = self.num_views, target.shape[0]
+        joint = outputs["joint_logits"]  # M*B x N*M
+        sla = F.cross_entropy(joint, joint_labels(target, m))
+        aggregated = aggregate(joint, m)  # B x N
+        # the untransformed view: rows 0..B-1 of every per-row output (radius etc. pass through)
+        plain = {key: value[:batch] if value.ndim and value.shape[0] == m * batch else value
+                 for key, value in outputs.items()}
+        t = self.distill_temperature
+        student = plain["logits"] / self.task.temperature / t  # B x N
+        distill = F.kl_div(F.log_softmax(student, dim=1),
+                           F.softmax(aggregated.detach() / t, dim=1), reduction="batchmean")
+        return sla + t * t * distill + self.task(plain, target)
