@@ -102,3 +102,25 @@ def test_tiny_protocol_writes_the_table(tmp_path):
     aurocs = summary["arpl (mls)"]["auroc"]["values"]
     assert len(aurocs) == 2 and summary["arpl (mls)"]["auroc"]["mean"] == pytest.approx(np.mean(aurocs))
     assert (out / "protocol.png").is_file() and (out / "split1" / "rpl" / "metrics.json").is_file()
+
+
+def test_closed_set_protocol_with_sla_rows_and_resume(tmp_path, capsys):
+    from train.protocol import main as protocol_main
+
+    out = tmp_path / "closed"
+    args = ["--dataset", "digits", "--num-known", "10", "--methods", "softmax,sla", "--splits", "2",
+            "--seed-per-split", "--epochs", "1", "--width", "0.25", "--batch-size", "128",
+            "--out", str(out)]
+    assert protocol_main(args) == 0
+    summary = json.loads((out / "protocol.json").read_text())
+    assert set(summary["summary"]) == {"softmax (mls)", "sla-softmax+SD (mls)", "sla-softmax+AG (mls)"}
+    assert summary["summary"]["softmax (mls)"]["auroc"]["mean"] is None  # closed set
+    assert [r["seed"] for r in summary["runs"]["sla-softmax+SD (mls)"]] == [0, 1]
+    assert "| sla-softmax+AG (mls) |" in (out / "protocol.md").read_text()
+    first = (out / "split1" / "sla" / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert protocol_main([*args, "--resume"]) == 0  # nothing retrained, same table
+    assert (out / "split1" / "sla" / "metrics.json").stat().st_mtime_ns == first
+    assert json.loads((out / "protocol.json").read_text())["summary"] == summary["summary"]
+    assert protocol_main([*args, "--resume", "--sla-temperature", "2"]) == 0  # a new config: retrains
+    assert (out / "split1" / "sla" / "metrics.json").stat().st_mtime_ns != first

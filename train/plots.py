@@ -30,7 +30,8 @@ def plot_score_histogram(known: np.ndarray, unknown: np.ndarray, threshold: floa
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.histogram_bin_edges(np.concatenate([known, unknown]), bins=60)
     ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"known classes (n={len(known)})")
-    ax.hist(unknown, bins=bins, alpha=0.6, density=True, label=f"unknown classes (n={len(unknown)})")
+    if len(unknown):  # closed-set runs have none
+        ax.hist(unknown, bins=bins, alpha=0.6, density=True, label=f"unknown classes (n={len(unknown)})")
     ax.axvline(threshold, c="k", ls="--", label=f"threshold {threshold:.3g}")
     ax.set(xlabel="unknown_score (higher = more unknown)", ylabel="density", title=title)
     ax.legend(fontsize=8)

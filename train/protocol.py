@@ -30,9 +30,22 @@ def rows_of(method: str, metrics: dict) -> dict[str, dict]:
                                                     **metrics["scores"][metrics["score"]]},
                 f"{name}+AG ({ag['score']})": {"closed_acc": ag["closed_acc"],
                                                **ag["scores"][ag["score"]]}}
-    scores = ("msp", "mls") if method == "softmax" else (metrics["score"],)
+    closed_set = metrics["auroc"] is None  # the score makes no difference to accuracy
+    scores = ("msp", "mls") if method == "softmax" and not closed_set else (metrics["score"],)
     return {f"{method} ({score})": {"closed_acc": metrics["closed_acc"],
                                      **metrics["scores"][score]} for score in scores}
+
+
+def finished(cfg) -> dict | None:
+    """The metrics of a finished run of exactly this configuration in cfg.out, else None."""
+    out = Path(cfg.out)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "out"}
+    return metrics if all(saved.get(k) == v for k, v in wanted.items()) else None
 
 
 def fmt(value: float | None) -> str:
@@ -91,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="softmax,rpl,arpl", help="comma-separated methods")
     parser.add_argument("--seed-per-split", action="store_true",
                         help="also vary the weight/batch seed: seed = --seed + split seed")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse run directories that already hold a finished run of the same "
+                             "configuration (an interrupted study continues where it stopped)")
     parser.set_defaults(out="runs/protocol")
     try:
         base, extra = parse_config(argv, parser)
@@ -109,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed = base.seed + split_seed if extra["seed_per_split"] else base.seed
                 cfg = dataclasses.replace(base, method=method, split_seed=split_seed, seed=seed,
                                           out=str(out / f"split{split_seed}" / method))
-                metrics = run(cfg)
+                metrics = (extra["resume"] and finished(cfg)) or run(cfg)
                 for row, values in rows_of(method, metrics).items():
                     results.setdefault(row, []).append({**values, "split_seed": split_seed,
                                                         "seed": seed,
