@@ -36,18 +36,6 @@ def rows_of(method: str, metrics: dict) -> dict[str, dict]:
                                      **metrics["scores"][score]} for score in scores}
 
 
-def finished(cfg) -> dict | None:
-    """The metrics of a finished run of exactly this configuration in cfg.out, else None."""
-    out = Path(cfg.out)
-    try:
-        saved = json.loads((out / "config.json").read_text())
-        metrics = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    wanted = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "out"}
-    return metrics if all(saved.get(k) == v for k, v in wanted.items()) else None
-
-
 def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -116,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [m for m in methods if m not in LOSSES]
         if bad:
             raise UserError(f"unknown method(s) {bad}; choose from {', '.join(LOSSES)}")
-        from train.run import run
+        from train.run import finished_run, run
 
         out = Path(base.out)
         results: dict[str, list[dict]] = {}
@@ -125,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed = base.seed + split_seed if extra["seed_per_split"] else base.seed
                 cfg = dataclasses.replace(base, method=method, split_seed=split_seed, seed=seed,
                                           out=str(out / f"split{split_seed}" / method))
-                metrics = (extra["resume"] and finished(cfg)) or run(cfg)
+                metrics = (extra["resume"] and finished_run(cfg)) or run(cfg)
                 for row, values in rows_of(method, metrics).items():
                     results.setdefault(row, []).append({**values, "split_seed": split_seed,
                                                         "seed": seed,

@@ -29,7 +29,7 @@ def role_config(base, role: str, seed: int, teacher_width: float, out: Path):
                                out=str(out / f"seed{seed}" / role))
 
 
-def time_onnx(out: Path, batch: int, threads: int) -> dict[str, float]:
+def time_onnx(out: Path, batch: int, threads: int, seconds: float) -> dict[str, float]:
     """Images/s of the seed-0 teacher and RKD student ONNX files, interleaved, same batch."""
     from export.onnx_export import export_onnx
     from export.quantize import throughput
@@ -40,7 +40,7 @@ def time_onnx(out: Path, batch: int, threads: int) -> dict[str, float]:
         export_onnx(out / "seed0" / role, paths[role])
     images = np.random.default_rng(0).random((batch, *json.loads(
         (out / "seed0" / "teacher" / "metrics.json").read_text())["input_shape"]), dtype=np.float32)
-    return throughput(paths, images, threads=threads)
+    return throughput(paths, images, threads=threads, seconds=seconds)
 
 
 def markdown(table: dict, speed: dict, batch: int) -> str:
@@ -79,24 +79,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-width", type=float, default=1.0)
     parser.add_argument("--bench-batch", type=int, default=64)
     parser.add_argument("--bench-threads", type=int, default=2)
+    parser.add_argument("--bench-seconds", type=float, default=1.0, help="per timing round (5 rounds)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse run directories holding a finished run of the same config")
     parser.set_defaults(out="runs/rkd", width=0.5)
     try:
         base, extra = parse_config(argv, parser)
         if extra["seeds"] < 1 or extra["bench_batch"] < 1 or extra["bench_threads"] < 1:
             raise UserError("--seeds, --bench-batch and --bench-threads must be >= 1")
+        if not extra["bench_seconds"] > 0:
+            raise UserError(f"--bench-seconds must be > 0, got {extra['bench_seconds']}")
         if not extra["teacher_width"] > 0:
             raise UserError(f"--teacher-width must be > 0, got {extra['teacher_width']}")
-        from train.run import run
+        from train.run import finished_run, run
 
         out = Path(base.out)
         results: dict[str, list[dict]] = {role: [] for role in ROLES}
         for seed in range(extra["seeds"]):
             for role in ROLES:
-                metrics = run(role_config(base, role, seed, extra["teacher_width"], out))
+                cfg = role_config(base, role, seed, extra["teacher_width"], out)
+                metrics = (extra["resume"] and finished_run(cfg)) or run(cfg)
                 results[role].append(metrics)
                 print(f"seed {seed} {role}: acc {metrics['closed_acc']:.4f} "
                       f"({metrics['train_seconds']:.0f} s)", flush=True)
-        speed = time_onnx(out, extra["bench_batch"], extra["bench_threads"])
+        speed = time_onnx(out, extra["bench_batch"], extra["bench_threads"], extra["bench_seconds"])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -142,6 +142,19 @@ def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: n
     )
 
 
+def finished_run(cfg: TrainConfig) -> dict | None:
+    """The metrics of a finished run of exactly this configuration in cfg.out, else None
+    (settings left to defaults, None in `cfg`, match whatever the run resolved them to)."""
+    out = Path(cfg.out)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "out"}
+    return metrics if all(saved.get(k) == v for k, v in wanted.items()) else None
+
+
 def aggregated_metrics(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray,
                        split: OpenSetSplit, labels: np.ndarray, device: torch.device) -> dict:
     """The open-set figures of SLA+AG inference, with its own validation-calibrated threshold."""
