@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -42,8 +43,12 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor], *, epochs: int, batch_size: int, lr: float,
         momentum: float, weight_decay: float, augmentation: str, seed: int,
-        device: torch.device, progress: bool = True) -> list[dict]:
-    """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties)."""
+        device: torch.device, progress: bool = True,
+        batch_hook: Callable[[int, torch.Tensor, torch.Tensor],
+                             tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[dict]:
+    """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties).
+
+    batch_hook(epoch, x, y) -> (x, y), if given, replaces each augmented batch (e.g. M2m)."""
     images, labels = train
     model.to(device).to(memory_format=torch.channels_last)
     loss_fn.to(device)
@@ -65,7 +70,10 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             x = augment(_as_input(images[idx], device), augmentation, generator)
-            loss = loss_fn(model(x), labels[idx].to(device))
+            y = labels[idx].to(device)
+            if batch_hook is not None:
+                x, y = batch_hook(epoch, x, y)
+            loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
