@@ -117,3 +117,33 @@ def test_m2m_is_a_switch_on_the_command_line_and_in_yaml(tmp_path):
     cfg, _ = parse_config(["--config", str(tmp_path / "c.yaml")])
     assert (cfg.m2m, cfg.cb_beta) == (True, 0.99)
     assert parse_config(["--config", str(tmp_path / "c.yaml"), "--no-m2m"])[0].m2m is False
+
+
+def test_tiny_longtail_study_writes_the_table(tmp_path):
+    from train.longtail import main as longtail_main
+
+    out = tmp_path / "study"
+    assert longtail_main(["--dataset", "digits", "--seeds", "2", "--rhos", "10", "--epochs", "2",
+                          "--width", "0.25", "--batch-size", "64", "--variants", "ce,cb-softmax,m2m",
+                          "--m2m-start-epoch", "1", "--m2m-steps", "1", "--out", str(out)]) == 0
+    table = (out / "longtail.md").read_text()
+    for variant in ("ce", "cb-softmax", "m2m"):
+        assert f"| 10 | {variant} |" in table
+    report = json.loads((out / "longtail.json").read_text())
+    values = report["summary"]["10"]["cb-softmax"]["balanced_acc"]["values"]
+    assert len(values) == 2 and report["summary"]["10"]["cb-softmax"]["balanced_acc"]["mean"] == \
+        pytest.approx(np.mean(values))
+    assert len(report["m2m_time_multiple"]["10"]["values"]) == 2
+    m2m = json.loads((out / "rho10" / "seed1" / "m2m" / "metrics.json").read_text())
+    assert m2m["m2m"]["g"] == str(out / "rho10" / "seed1" / "ce")  # the same seed's CE run is g
+    assert not (out / "rho10" / "seed1" / "m2m" / "g").exists()
+    assert (out / "longtail.png").is_file()
+
+
+def test_longtail_study_rejects_bad_variants_before_training(tmp_path, capsys):
+    from train.longtail import main as longtail_main
+
+    assert longtail_main(["--variants", "ce,mixup", "--out", str(tmp_path)]) == 2
+    assert "unknown variant(s) ['mixup']" in capsys.readouterr().err
+    assert longtail_main(["--method", "rpl", "--variants", "ce,cb-focal", "--out", str(tmp_path)]) == 2
+    assert "needs the linear head" in capsys.readouterr().err

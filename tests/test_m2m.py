@@ -140,6 +140,10 @@ def test_load_g_accepts_a_compatible_run_and_names_what_is_wrong(tmp_path):
     arpl = save_run(tmp_path / "arpl", ["a", "b", "c"], [1, 8, 8], method="arpl")
     with pytest.raises(UserError, match="plain-CE softmax run"):
         load_g(arpl, ["a", "b", "c"], [1, 8, 8])
+    cb = save_run(tmp_path / "cb", ["a", "b", "c"], [1, 8, 8])
+    (tmp_path / "cb" / "config.json").write_text('{"method": "softmax", "loss": "cb-softmax"}')
+    with pytest.raises(UserError, match="with --loss cb-softmax"):
+        load_g(cb, ["a", "b", "c"], [1, 8, 8])
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "model.pt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="cannot load"):

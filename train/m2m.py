@@ -14,6 +14,7 @@ softmax(g(x*))_k >= gamma and a Bernoulli(1 - beta^max(N_k0 - N_k, 0)) draw succ
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,9 @@ def load_g(run_dir: str, class_names: Sequence[str], input_shape: Sequence[int])
     if list(ckpt.get("input_shape", [])) != list(input_shape):
         raise UserError(f"--m2m-g {run_dir}: g takes input shape {ckpt.get('input_shape')}, "
                         f"this run's images are {list(input_shape)}")
-    if ckpt.get("method") != "softmax":
+    config_path = Path(run_dir) / "config.json"
+    loss = json.loads(config_path.read_text()).get("loss", "ce") if config_path.is_file() else "ce"
+    if ckpt.get("method") != "softmax" or loss != "ce":
         raise UserError(f"--m2m-g {run_dir}: g must be a plain-CE softmax run, "
-                        f"this one is {ckpt.get('method')!r}")
+                        f"this one is {ckpt.get('method')!r} with --loss {loss}")
     return g.eval()

@@ -258,9 +258,10 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
                  out / "roc.png", title)
     plot_score_histogram(test_known["unknown_score"], test_unknown["unknown_score"], threshold,
                          out / "unknown_scores.png", title)
+    variant = cfg.method + ("" if cfg.loss == "ce" else f" + {cfg.loss}") + (" + M2m" if cfg.m2m else "")
     plot_per_class_recall(metrics["per_class_recall"], metrics["train_counts"],
-                          out / "per_class_recall.png",
-                          f"{title}, rho {cfg.imbalance:g}, balanced acc {metrics['balanced_acc']:.3f}")
+                          out / "per_class_recall.png", f"{variant} on {data.name}, rho "
+                          f"{cfg.imbalance:g}: balanced acc {metrics['balanced_acc']:.3f}")
     return metrics
 
 
