@@ -137,8 +137,13 @@ def long_tail_train(cfg: TrainConfig, split: OpenSetSplit, labels: np.ndarray,
     """The split with its training part made long-tailed (--imbalance), val/test untouched."""
     if cfg.imbalance == 1:
         return split
-    order = (parse_known(cfg.imbalance_order, class_names) if cfg.imbalance_order
-             else split.known_classes)
+    order = split.known_classes
+    if cfg.imbalance_order:
+        items = [item.strip() for item in cfg.imbalance_order.split(",")]
+        missing = [item for item in items if item not in class_names]
+        if missing:
+            raise UserError(f"--imbalance-order names {missing}, which are not classes of the dataset")
+        order = tuple(class_names.index(item) for item in items)
     if sorted(order) != sorted(split.known_classes):
         raise UserError(f"--imbalance-order must list exactly the known classes "
                         f"{[class_names[c] for c in split.known_classes]}, got {cfg.imbalance_order!r}")
