@@ -44,12 +44,27 @@ def run_cli(*args, cwd):
                           text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
 
 
+def fake_run(path, class_names, input_shape):
+    """A run directory whose model.pt was trained on other data (for --m2m-g)."""
+    import torch
+
+    from models import build_classifier
+    from tests.conftest import tiny_spec
+
+    path.mkdir()
+    torch.save({"model_spec": tiny_spec("softmax").to_dict(), "method": "softmax",
+                "state_dict": build_classifier(tiny_spec("softmax")).state_dict(),
+                "class_names": class_names, "input_shape": input_shape}, path / "model.pt")
+    return str(path)
+
+
 def bad_inputs(tmp_path):
     np.savez(tmp_path / "noxy.npz", images=np.zeros((3, 4, 4)))
     np.save(tmp_path / "plain.npy", np.zeros((3, 4, 4)))
     (tmp_path / "empty").mkdir()
     (tmp_path / "extra.yaml").write_text("epochs: 3\nlearning_rate: 0.1\n")
     (tmp_path / "typed.yaml").write_text("epochs: 2.5\n")
+    lt_digits = ["--dataset", "digits", "--num-known", "10", "--imbalance", "10", "--m2m"]
     return [
         (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
         (["--batch-size", "1"], "--batch-size must be >= 2"),
@@ -68,6 +83,20 @@ def bad_inputs(tmp_path):
         (["--method", "svm"], "unknown method 'svm'"),
         (["--epochs", "0"], "--epochs must be > 0"),
         (["--epochs", "many"], "invalid int value"),
+        (["--imbalance", "0.5"], "--imbalance must be >= 1"),
+        (["--cb-beta", "1"], "--cb-beta must be in [0, 1)"),
+        (["--cb-beta", "-0.1"], "--cb-beta must be in [0, 1)"),
+        (["--loss", "ldam"], "unknown loss 'ldam'"),
+        (["--dataset", "digits", "--imbalance", "10", "--known", "0,1,2", "--imbalance-order", "2,1"],
+         "--imbalance-order must list exactly the known classes ['0', '1', '2']"),
+        (["--dataset", "digits", "--imbalance", "10", "--imbalance-order", "x"],
+         "--imbalance-order names ['x']"),
+        (["--method", "rpl", "--loss", "cb-focal"], "--loss cb-focal needs the linear head"),
+        (lt_digits + ["--m2m-g", fake_run(tmp_path / "g3", ["0", "1", "2"], [1, 8, 8])],
+         "g knows classes ['0', '1', '2']"),
+        (lt_digits + ["--m2m-g", fake_run(tmp_path / "g28", [str(i) for i in range(10)], [1, 28, 28])],
+         "g takes input shape [1, 28, 28]"),
+        (lt_digits + ["--m2m-g", str(tmp_path / "empty")], "not a run directory (no model.pt)"),
     ]
 
 

@@ -34,6 +34,19 @@ HELP = {
     "teacher": "run directory of a trained teacher: distil this run from it with RKD",
     "rkd_distance_weight": "weight of the RKD distance-wise loss",
     "rkd_angle_weight": "weight of the RKD angle-wise loss",
+    "imbalance": "long-tailed training split: rho = n_max / n_min (>= 1; 1 = as loaded)",
+    "imbalance_order": "class names most frequent first, e.g. 9,8,...,0 (default: known-class order)",
+    "loss": "ce | cb-softmax | cb-sigmoid | cb-focal (class-balanced; reciprocal heads: cb-softmax)",
+    "cb_beta": "effective-number beta of the class-balanced loss, in [0, 1)",
+    "focal_gamma": "focusing gamma of cb-focal",
+    "m2m": "M2m: translate majority seeds into minority samples (imbalanced training data)",
+    "m2m_g": "run directory of the plain-CE classifier g (default: train it into OUT/g first)",
+    "m2m_start_epoch": "epochs of plain training before re-sampling + generation start",
+    "m2m_beta": "beta of M2m's seed distribution and acceptance 1 - beta^(N_k0 - N_k)",
+    "m2m_lambda": "lambda: weight of f's seed-class logit in the generation objective",
+    "m2m_gamma": "accept a sample only when g gives the target class >= gamma",
+    "m2m_eta": "L2 step size of the generation",
+    "m2m_steps": "normalised-gradient steps per generation (T)",
 }
 
 
@@ -49,6 +62,10 @@ def build_parser(prog: str = "python -m train", description: str | None = __doc_
     parser.add_argument("--config", help="YAML file of defaults (keys as below, with underscores)")
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
+        if str(field.type) == "bool":  # --flag / --no-flag
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=field.default, help=HELP.get(field.name))
+            continue
         kind = next((t for t in (int, float) if t.__name__ in str(field.type)), str)
         parser.add_argument(flag, type=kind, default=field.default, help=HELP.get(field.name))
     return parser
@@ -69,6 +86,9 @@ def config_file_args(path: str) -> list[str]:
         raise UserError(f"--config {path}: unknown keys {unknown}")
     args = []
     for key, value in defaults.items():
+        if isinstance(value, bool):  # `m2m: true` -> --m2m, false -> --no-m2m
+            args.append(("--" if value else "--no-") + key.replace("_", "-"))
+            continue
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
         args += ["--" + key.replace("_", "-"), str(value)]
@@ -102,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    summary = {k: metrics[k] for k in ("closed_acc", "auroc", "oscr", "threshold",
+    summary = {k: metrics[k] for k in ("closed_acc", "balanced_acc", "auroc", "oscr", "threshold",
                                        "known_accept_rate", "unknown_reject_rate", "train_seconds")}
     print(json.dumps(summary, indent=2))
     print(f"run written to {cfg.out}")

@@ -38,6 +38,20 @@ class TrainConfig:
     teacher: str | None = None
     rkd_distance_weight: float = 25.0
     rkd_angle_weight: float = 50.0
+    # long-tailed
+    imbalance: float = 1.0  # rho = n_max / n_min of the training split; 1 = as loaded
+    imbalance_order: str | None = None  # classes most frequent first; None = known-class order
+    loss: str = "ce"  # ce | cb-softmax | cb-sigmoid | cb-focal: the classification term
+    cb_beta: float = 0.999  # effective-number beta of the class-balanced losses, in [0, 1)
+    focal_gamma: float = 1.0
+    m2m: bool = False  # M2m: translate majority seeds into minority samples
+    m2m_g: str | None = None  # run directory of the CE classifier g; None = train it first
+    m2m_start_epoch: int = 20  # class-balanced re-sampling + generation from this epoch (0-based)
+    m2m_beta: float = 0.999
+    m2m_lambda: float = 0.5
+    m2m_gamma: float = 0.9
+    m2m_eta: float = 0.1
+    m2m_steps: int = 10
 
     def to_dict(self) -> dict:
         return asdict(self)

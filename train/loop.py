@@ -45,11 +45,14 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
         momentum: float, weight_decay: float, augmentation: str, seed: int,
         device: torch.device, progress: bool = True,
         views: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        teacher: nn.Module | None = None) -> list[dict]:
+        teacher: nn.Module | None = None,
+        batch_hook: Callable[[int, torch.Tensor, torch.Tensor],
+                             tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[dict]:
     """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties).
 
-    `views` expands each augmented batch before the forward pass (SLA's M transformed copies);
-    a frozen `teacher` adds its embedding of the same inputs as outputs["teacher_embedding"].
+    batch_hook(epoch, x, y) -> (x, y), if given, replaces each augmented batch (e.g. M2m);
+    `views` then expands it before the forward pass (SLA's M transformed copies), and a frozen
+    `teacher` adds its embedding of the same inputs as outputs["teacher_embedding"].
     """
     images, labels = train
     model.to(device).to(memory_format=torch.channels_last)
@@ -74,13 +77,16 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             x = augment(_as_input(images[idx], device), augmentation, generator)
+            y = labels[idx].to(device)
+            if batch_hook is not None:
+                x, y = batch_hook(epoch, x, y)
             if views is not None:
                 x = views(x)
             outputs = model(x)
             if teacher is not None:
                 with torch.no_grad():
                     outputs["teacher_embedding"] = teacher(x)["embedding"]
-            loss = loss_fn(outputs, labels[idx].to(device))
+            loss = loss_fn(outputs, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -38,3 +38,19 @@ def plot_score_histogram(known: np.ndarray, unknown: np.ndarray, threshold: floa
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_per_class_recall(recall: dict[str, float], train_counts: dict[str, int], path: Path,
+                          title: str) -> None:
+    """Per-class test recall as bars, classes in descending training count, counts on top."""
+    names = sorted(recall, key=lambda n: -train_counts[n])
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(names) + 1.5), 3.5))
+    bars = ax.bar(names, [recall[n] for n in names])
+    for bar, name in zip(bars, names):
+        ax.annotate(f"n={train_counts[name]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set(xlabel="class (most frequent in training first)", ylabel="test recall",
+           ylim=(0, 1.1), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

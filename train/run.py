@@ -25,8 +25,13 @@ from train.errors import UserError
 from train.evaluate import open_set_metrics, predict
 from train.loop import fit
 from train.losses import LOSSES, TASKS, RelationalDistillationLoss, SelfLabelAugmentationLoss
-from train.plots import plot_roc, plot_score_histogram
-from train.splits import OpenSetSplit, draw_known_classes, open_set_split, parse_known
+from train.losses.class_balanced import (CLASS_BALANCED, SIGMOID_LOSSES, build_class_balanced,
+                                         init_sigmoid_bias)
+from train.m2m import M2mSettings, MajorToMinor, load_g
+from train.metrics import long_tail_metrics
+from train.plots import plot_per_class_recall, plot_roc, plot_score_histogram
+from train.splits import (OpenSetSplit, draw_known_classes, long_tail_subset, open_set_split,
+                          parse_known)
 
 SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.SCORES}
 DEFAULT_SCORE = "mls"  # max logit; for reciprocal heads -max_k l_k, from the point distances
@@ -90,7 +95,34 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--batch-size must be >= 2 (batch norm), got {cfg.batch_size}")
     if cfg.seed < 0 or cfg.split_seed < 0:
         raise UserError("--seed and --split-seed must be >= 0")
+    validate_long_tail(cfg)
     check_device(cfg.device)
+
+
+def validate_long_tail(cfg: TrainConfig) -> None:
+    """The --imbalance, --loss and --m2m settings."""
+    if not cfg.imbalance >= 1:
+        raise UserError(f"--imbalance must be >= 1 (n_max / n_min), got {cfg.imbalance}")
+    if cfg.loss != "ce" and cfg.loss not in CLASS_BALANCED:
+        raise UserError(f"unknown loss {cfg.loss!r}; choose from ce, {', '.join(CLASS_BALANCED)}")
+    if cfg.loss in SIGMOID_LOSSES and LOSSES[task_of(cfg)].head != "linear":
+        raise UserError(f"--loss {cfg.loss} needs the linear head (--method softmax); "
+                        f"{cfg.method} takes --loss ce or cb-softmax")
+    for name, value in {"cb_beta": cfg.cb_beta, "m2m_beta": cfg.m2m_beta}.items():
+        if not 0 <= value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+    if not 0 <= cfg.m2m_gamma <= 1:
+        raise UserError(f"--m2m-gamma must be in [0, 1], got {cfg.m2m_gamma}")
+    non_negative = {"focal_gamma": cfg.focal_gamma, "m2m_lambda": cfg.m2m_lambda,
+                    "m2m_eta": cfg.m2m_eta, "m2m_steps": cfg.m2m_steps}
+    for name, value in non_negative.items():
+        if not value >= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if cfg.m2m_g is not None and not cfg.m2m:
+        raise UserError("--m2m-g is only used with --m2m")
+    if cfg.m2m and not 0 <= cfg.m2m_start_epoch < cfg.epochs:
+        raise UserError(f"--m2m-start-epoch must be in 0..{cfg.epochs - 1} (--epochs {cfg.epochs}), "
+                        f"got {cfg.m2m_start_epoch}")
 
 
 def check_device(name: str) -> None:
@@ -106,13 +138,17 @@ def check_device(name: str) -> None:
         raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
 
 
-def build_loss(cfg: TrainConfig) -> torch.nn.Module:
-    """The method's loss from a resolved config: the task, wrapped by SLA and/or RKD."""
+def build_loss(cfg: TrainConfig, class_counts: list[int] | None = None) -> torch.nn.Module:
+    """The method's loss from a resolved config: the task (its classification term class-balanced
+    with --loss cb-*, which needs the training class counts), wrapped by SLA and/or RKD."""
     task = LOSSES[task_of(cfg)]
+    classification = (None if cfg.loss == "ce" else
+                      build_class_balanced(cfg.loss, class_counts, cfg.cb_beta, cfg.focal_gamma))
     if task.head == "reciprocal":
-        loss = task(temperature=cfg.temperature, open_space_weight=cfg.open_space_weight)
+        loss = task(temperature=cfg.temperature, open_space_weight=cfg.open_space_weight,
+                    classification=classification)
     else:
-        loss = task(temperature=cfg.temperature)
+        loss = task(temperature=cfg.temperature, classification=classification)
     if cfg.method == "sla":
         loss = SelfLabelAugmentationLoss(loss, cfg.sla_transform, cfg.sla_temperature)
     if cfg.teacher is not None:
@@ -127,6 +163,42 @@ def check_sla_input(cfg: TrainConfig, input_shape: tuple[int, ...]) -> None:
         raise UserError(f"--sla-transform rotation needs square images, got {height}x{width}")
     if cfg.sla_transform == "permutation" and channels != 3:
         raise UserError(f"--sla-transform permutation needs RGB images, got {channels} channel(s)")
+
+
+def long_tail_train(cfg: TrainConfig, split: OpenSetSplit, labels: np.ndarray,
+                    class_names: list[str]) -> OpenSetSplit:
+    """The split with its training part made long-tailed (--imbalance), val/test untouched."""
+    if cfg.imbalance == 1:
+        return split
+    order = split.known_classes
+    if cfg.imbalance_order:
+        items = [item.strip() for item in cfg.imbalance_order.split(",")]
+        missing = [item for item in items if item not in class_names]
+        if missing:
+            raise UserError(f"--imbalance-order names {missing}, which are not classes of the dataset")
+        order = tuple(class_names.index(item) for item in items)
+    if sorted(order) != sorted(split.known_classes):
+        raise UserError(f"--imbalance-order must list exactly the known classes "
+                        f"{[class_names[c] for c in split.known_classes]}, got {cfg.imbalance_order!r}")
+    train = long_tail_subset(split.train, labels, cfg.imbalance, order, cfg.split_seed)
+    return dataclasses.replace(split, train=train)
+
+
+def m2m_hook(cfg: TrainConfig, model: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+             class_names: list[str], input_shape: list[int], device: torch.device,
+             progress: bool) -> tuple[MajorToMinor, str, float | None]:
+    """The M2m batch hook with g loaded from --m2m-g, or trained first into OUT/g (plain CE)."""
+    g_dir, g_seconds = cfg.m2m_g, None
+    if g_dir is None:
+        g_dir = str(Path(cfg.out) / "g")
+        print(f"m2m: training g (plain CE, same data) into {g_dir}", flush=True)
+        g_cfg = dataclasses.replace(cfg, method="softmax", loss="ce", m2m=False, out=g_dir,
+                                    score=None, temperature=None)
+        g_seconds = run(g_cfg, progress)["train_seconds"]
+    g = load_g(g_dir, class_names, input_shape).to(device)
+    settings = M2mSettings(cfg.m2m_start_epoch, cfg.m2m_beta, cfg.m2m_lambda, cfg.m2m_gamma,
+                           cfg.m2m_eta, cfg.m2m_steps)
+    return MajorToMinor(g, model, *train, settings, cfg.augment, cfg.seed), g_dir, g_seconds
 
 
 def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: np.ndarray) -> ModelSpec:
@@ -184,25 +256,33 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     known = (parse_known(cfg.known, data.class_names) if cfg.known
              else draw_known_classes(data.num_classes, cfg.num_known, cfg.split_seed))
     split = open_set_split(data.labels, known, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
+    split = long_tail_train(cfg, split, data.labels, list(data.class_names))
     labels = split.relabel(data.labels)
     input_shape = tuple(data.images.shape[1:])  # C, H, W
+    class_counts = np.bincount(labels[split.train], minlength=len(known)).tolist()
+    known_names = [data.class_names[c] for c in known]
     if cfg.method == "sla":
         check_sla_input(cfg, input_shape)
     teacher = None
     if cfg.teacher is not None:
-        teacher, _ = load_run_classifier(cfg.teacher, "--teacher",
-                                         [data.class_names[c] for c in known], input_shape)
+        teacher, _ = load_run_classifier(cfg.teacher, "--teacher", known_names, input_shape)
     spec = model_spec(cfg, data, len(known), data.images[split.train])
     model = build_classifier(spec)
+    if cfg.loss in SIGMOID_LOSSES:
+        init_sigmoid_bias(model.head.fc)
 
     def tensors(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(data.images[idx]), torch.from_numpy(labels[idx])
 
+    hook = None
+    if cfg.m2m:
+        hook, g_dir, g_seconds = m2m_hook(cfg, model, tensors(split.train), known_names,
+                                          list(data.images.shape[1:]), device, progress)
     started = time.perf_counter()
-    history = fit(model, build_loss(cfg), tensors(split.train), tensors(split.val),
+    history = fit(model, build_loss(cfg, class_counts), tensors(split.train), tensors(split.val),
                   epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, augmentation=cfg.augment, seed=cfg.seed,
-                  device=device, progress=progress, teacher=teacher,
+                  device=device, progress=progress, teacher=teacher, batch_hook=hook,
                   views=(partial(transform_views, transform=cfg.sla_transform)
                          if cfg.method == "sla" else None))
     train_seconds = time.perf_counter() - started
@@ -226,6 +306,14 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
                     "device": str(device)},
         "history": history,
     })
+    metrics.update(long_tail_metrics(test_known["logits"].argmax(1), labels[split.test_known],
+                                     np.array(class_counts), known_names))
+    metrics.update({"imbalance": cfg.imbalance, "loss": cfg.loss})
+    if hook is not None:
+        metrics["m2m"] = {"g": g_dir, "g_train_seconds": g_seconds,
+                          "start_epoch": cfg.m2m_start_epoch,
+                          "per_class": hook.summary(known_names, class_counts)}
+        print_m2m_summary(metrics["m2m"]["per_class"])
 
     if cfg.method == "sla":  # SLA+AG: M passes through the joint head, its own threshold
         metrics["aggregated"] = aggregated_metrics(model, cfg, data.images, split, labels, device)
@@ -252,4 +340,16 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
                  out / "roc.png", title)
     plot_score_histogram(test_known["unknown_score"], test_unknown["unknown_score"], threshold,
                          out / "unknown_scores.png", title)
+    variant = cfg.method + ("" if cfg.loss == "ce" else f" + {cfg.loss}") + (" + M2m" if cfg.m2m else "")
+    plot_per_class_recall(metrics["per_class_recall"], metrics["train_counts"],
+                          out / "per_class_recall.png", f"{variant} on {data.name}, rho "
+                          f"{cfg.imbalance:g}: balanced acc {metrics['balanced_acc']:.3f}")
     return metrics
+
+
+def print_m2m_summary(per_class: dict[str, dict]) -> None:
+    """One line per class that M2m generated samples for."""
+    for name, row in per_class.items():
+        if row["generated"]:
+            print(f"m2m: class {name} (n={row['train_count']}): generated {row['generated']}, "
+                  f"accepted {row['accepted']} ({row['accepted'] / row['generated']:.0%})", flush=True)

@@ -72,3 +72,38 @@ def open_set_split(labels: np.ndarray, known_classes: Sequence[int], split_seed:
     unknown = np.flatnonzero(~np.isin(labels, list(known_classes)))
     return OpenSetSplit(tuple(int(c) for c in known_classes), np.sort(np.concatenate(train)),
                         np.sort(np.concatenate(val)), np.sort(np.concatenate(test)), unknown)
+
+
+def long_tail_counts(n_max: int, rho: float, num_classes: int) -> list[int]:
+    """Per-class training counts of a long-tailed set, most frequent class first.
+
+    n_i = n_max * (1 / rho)^(i / (C - 1)), i = 0..C-1, floored (as in the M2m / LDAM code),
+    at least 1 image per class. rho = n_max / n_min is the imbalance ratio; rho = 1 keeps all.
+    """
+    if rho < 1:
+        raise UserError(f"--imbalance must be >= 1 (n_max / n_min), got {rho}")
+    if num_classes == 1:
+        return [n_max]
+    return [max(1, int(n_max * (1 / rho) ** (i / (num_classes - 1)) + 1e-9))
+            for i in range(num_classes)]
+
+
+def long_tail_subset(train_idx: np.ndarray, labels: np.ndarray, rho: float,
+                     order: Sequence[int], seed: int) -> np.ndarray:
+    """Subsample the training indices so that class order[i] keeps long_tail_counts(...)[i].
+
+    `order` lists every training class, most frequent first; n_max is the largest class's
+    count before subsampling. Which images a class keeps is a seeded random draw.
+    """
+    present = sorted(set(labels[train_idx].tolist()))
+    if sorted(order) != present:
+        raise UserError(f"long-tail order {list(order)} must list each training class once "
+                        f"({present})")
+    n_max = int(np.bincount(labels[train_idx]).max())
+    counts = long_tail_counts(n_max, rho, len(order))
+    rng = np.random.default_rng(20_000 + seed)
+    kept = []
+    for cls, count in zip(order, counts):
+        members = rng.permutation(train_idx[labels[train_idx] == cls])
+        kept.append(members[:count])
+    return np.sort(np.concatenate(kept))

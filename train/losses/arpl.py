@@ -15,13 +15,16 @@ class AdversarialReciprocalPointLoss(nn.Module):
     head = "reciprocal"  # with variant "arpl"
     default_temperature = 1.0
 
-    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1):
+    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1,
+                 classification: nn.Module | None = None):
         super().__init__()
         self.temperature = temperature
+        # the CE term; a class-balanced loss (class_balanced.py) can take its place
+        self.classification = nn.CrossEntropyLoss() if classification is None else classification
         self.open_space_weight = open_space_weight
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         logits = outputs["logits"] / self.temperature  # B x K
         own_distance = outputs["distances"].gather(1, target[:, None]).squeeze(1)  # B
         open_space = F.relu(own_distance - outputs["radius"] + 1).mean()
-        return F.cross_entropy(logits, target) + self.open_space_weight * open_space
+        return self.classification(logits, target) + self.open_space_weight * open_space

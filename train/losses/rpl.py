@@ -18,13 +18,16 @@ class ReciprocalPointLoss(nn.Module):
     # normalised features, so RPL needs a lower temperature to train at the same pace.
     default_temperature = 0.1
 
-    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1):
+    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1,
+                 classification: nn.Module | None = None):
         super().__init__()
         self.temperature = temperature
+        # the CE term; a class-balanced loss (class_balanced.py) can take its place
+        self.classification = nn.CrossEntropyLoss() if classification is None else classification
         self.open_space_weight = open_space_weight
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         logits = outputs["logits"] / self.temperature  # B x K
         own_distance = outputs["distances"].gather(1, target[:, None]).squeeze(1)  # B
         open_space = (own_distance - outputs["radius"]).pow(2).mean()
-        return F.cross_entropy(logits, target) + self.open_space_weight * open_space
+        return self.classification(logits, target) + self.open_space_weight * open_space

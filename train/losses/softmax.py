@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class CrossEntropyLoss(nn.Module):
@@ -12,9 +11,11 @@ class CrossEntropyLoss(nn.Module):
     head = "linear"  # the head this method trains
     default_temperature = 1.0
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0, classification: nn.Module | None = None):
         super().__init__()
         self.temperature = temperature
+        # the CE term; a class-balanced loss (class_balanced.py) can take its place
+        self.classification = nn.CrossEntropyLoss() if classification is None else classification
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs["logits"] / self.temperature, target)
+        return self.classification(outputs["logits"] / self.temperature, target)

@@ -1,0 +1,172 @@
+"""M2m: major-to-minor translation (Kim, Jeong & Shin, CVPR 2020), as a batch hook of fit().
+
+A fixed classifier g, trained with plain CE on the same imbalanced data, and the classifier f
+being trained. From `start_epoch` on, every batch is re-drawn class-balanced (the official
+code's switch to an over-sampled loader); a slot of class k becomes a generation slot with
+probability 1 - N_k / N_max. For it a seed class k0 ~ Q(k0 | k) ∝ 1 - beta^max(N_k0 - N_k, 0)
+and a seed image x0 of class k0 are drawn, and
+
+    x* = argmin_{x = x0 + delta} CE(g(x), k) + lambda * f_k0(x)
+
+is approximated from x0 + noise (L2 <= 0.5) by T normalised-gradient steps of size eta,
+clipped to [0, 1]. x* replaces the slot's real (over-sampled) image only if
+softmax(g(x*))_k >= gamma and a Bernoulli(1 - beta^max(N_k0 - N_k, 0)) draw succeeds.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models import ModelSpec, build_classifier
+from train.augment import augment
+from train.errors import UserError
+
+
+def acceptance_probability(counts: Sequence[int], beta: float) -> torch.Tensor:
+    """P[k, k0] = 1 - beta^max(N_k0 - N_k, 0): K x K, rows = target class k, cols = seed k0."""
+    n = torch.as_tensor(counts, dtype=torch.float64)  # K
+    gap = (n[None, :] - n[:, None]).clamp(min=0)  # K x K, N_k0 - N_k
+    return (1 - beta ** gap).float()
+
+
+def generation_probability(counts: Sequence[int]) -> torch.Tensor:
+    """1 - N_k / N_max: the chance that a slot of class k is generated, K."""
+    n = torch.as_tensor(counts, dtype=torch.float32)
+    return 1 - n / n.max()
+
+
+def random_l2_noise(like: torch.Tensor, radius: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform noise in [-0.5, 0.5] per pixel, rescaled per sample to L2 norm <= radius."""
+    noise = torch.rand(like.shape, generator=generator).to(like) - 0.5  # B x C x H x W
+    norms = noise.flatten(1).norm(dim=1).clamp(min=1e-12)  # B
+    return noise * (radius / norms).clamp(max=1).view(-1, 1, 1, 1)
+
+
+def translate(g: nn.Module, f: nn.Module, seeds: torch.Tensor, seed_classes: torch.Tensor,
+              targets: torch.Tensor, lam: float, eta: float, steps: int,
+              generator: torch.Generator) -> torch.Tensor:
+    """x* ~ argmin_x CE(g(x), k) + lambda * f_k0(x) from x0 + noise; B x C x H x W in [0, 1].
+
+    Both networks are used as they are (put them in eval mode first); only x is optimised."""
+    x = (seeds + random_l2_noise(seeds, 0.5, generator)).clamp(0, 1)
+    for _ in range(steps):
+        x = x.detach().requires_grad_(True)
+        seed_logit = f(x)["logits"].gather(1, seed_classes[:, None]).mean()  # f_k0(x)
+        objective = F.cross_entropy(g(x)["logits"], targets) + lam * seed_logit
+        grad, = torch.autograd.grad(objective, [x])  # B x C x H x W
+        norms = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        x = (x - eta * grad / norms).clamp(0, 1)
+    return x.detach()
+
+
+@dataclass(frozen=True)
+class M2mSettings:
+    start_epoch: int = 20
+    beta: float = 0.999
+    lam: float = 0.5
+    gamma: float = 0.9
+    eta: float = 0.1
+    steps: int = 10
+
+
+class MajorToMinor:
+    """fit()'s batch hook: (epoch, x, y) -> the batch to train on, with M2m samples in it.
+
+    Holds the training set (uint8 N x C x H x W, labels N) to re-draw class-balanced batches
+    and seeds, and counts per class how many samples it generated and accepted."""
+
+    def __init__(self, g: nn.Module, f: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 settings: M2mSettings, augmentation: str, seed: int):
+        self.g = g.eval().requires_grad_(False)
+        self.f = f
+        self.images, self.labels = images, labels
+        self.settings = settings
+        self.augmentation = augmentation
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+        num_classes = int(labels.max()) + 1
+        counts = torch.bincount(labels, minlength=num_classes)
+        self.members = [(labels == k).nonzero().view(-1) for k in range(num_classes)]
+        self.p_generate = generation_probability(counts.tolist())  # K
+        self.p_accept = acceptance_probability(counts.tolist(), settings.beta)  # K x K
+        self.generated = torch.zeros(num_classes, dtype=torch.long)
+        self.accepted = torch.zeros(num_classes, dtype=torch.long)
+
+    def draw(self, classes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """One random augmented training image of each given class, on like's device."""
+        picks = [self.members[k][torch.randint(len(self.members[k]), (1,), generator=self.generator)]
+                 for k in classes.tolist()]
+        images = self.images[torch.cat(picks)].to(like.device).float().div_(255)
+        return augment(images, self.augmentation, self.generator).to(like.dtype)
+
+    def __call__(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if epoch < self.settings.start_epoch:
+            return x, y
+        num_classes = len(self.members)
+        targets = torch.randint(num_classes, (len(y),), generator=self.generator)  # balanced
+        real = self.draw(targets, x)  # B x C x H x W: the over-sampled real images
+        slots = torch.bernoulli(self.p_generate[targets], generator=self.generator).nonzero().view(-1)
+        # a target class whose every seed class is as rare as itself has nothing to draw from
+        slots = slots[self.p_accept[targets[slots]].sum(1) > 0]
+        if len(slots):
+            generated, accept = self.generate(targets[slots], x)
+            real[slots[accept]] = generated[accept.to(x.device)]
+        return real.contiguous(memory_format=torch.channels_last), targets.to(y.device)
+
+    def generate(self, targets: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x*, accepted): B generated images of the target classes and the B acceptance mask."""
+        s = self.settings
+        p_pair = self.p_accept[targets]  # B x K, also Q(k0 | k) up to normalisation
+        seed_classes = torch.multinomial(p_pair, 1, generator=self.generator).squeeze(1)  # B
+        seeds = self.draw(seed_classes, like)
+        device = like.device
+        was_training = self.f.training
+        self.f.eval()
+        generated = translate(self.g, self.f, seeds, seed_classes.to(device), targets.to(device),
+                              s.lam, s.eta, s.steps, self.generator)
+        self.f.train(was_training)
+        with torch.no_grad():
+            confidence = torch.softmax(self.g(generated)["logits"], 1)  # B x K
+        confident = confidence.gather(1, targets.to(device)[:, None]).squeeze(1).cpu() >= s.gamma
+        lucky = torch.bernoulli(p_pair.gather(1, seed_classes[:, None]).squeeze(1),
+                                generator=self.generator).bool()
+        accept = confident & lucky  # B
+        self.generated += torch.bincount(targets, minlength=len(self.members))
+        self.accepted += torch.bincount(targets[accept], minlength=len(self.members))
+        return generated, accept
+
+    def summary(self, class_names: Sequence[str], train_counts: Sequence[int]) -> dict:
+        """Per class: training count, samples generated (attempted) and accepted."""
+        return {name: {"train_count": int(n), "generated": int(self.generated[k]),
+                       "accepted": int(self.accepted[k])}
+                for k, (name, n) in enumerate(zip(class_names, train_counts))}
+
+
+def load_g(run_dir: str, class_names: Sequence[str], input_shape: Sequence[int]) -> nn.Module:
+    """The fixed classifier g from a plain-CE run directory that fits this run's data."""
+    path = Path(run_dir) / "model.pt"
+    if not path.is_file():
+        raise UserError(f"--m2m-g {run_dir}: not a run directory (no model.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu")
+        g = build_classifier(ModelSpec.from_dict(ckpt["model_spec"]))
+        g.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bad user path
+        raise UserError(f"--m2m-g {run_dir}: cannot load model.pt ({type(exc).__name__})") from None
+    if list(ckpt.get("class_names", [])) != list(class_names):
+        raise UserError(f"--m2m-g {run_dir}: g knows classes {list(ckpt.get('class_names', []))}, "
+                        f"this run {list(class_names)}")
+    if list(ckpt.get("input_shape", [])) != list(input_shape):
+        raise UserError(f"--m2m-g {run_dir}: g takes input shape {ckpt.get('input_shape')}, "
+                        f"this run's images are {list(input_shape)}")
+    config_path = Path(run_dir) / "config.json"
+    loss = json.loads(config_path.read_text()).get("loss", "ce") if config_path.is_file() else "ce"
+    if ckpt.get("method") != "softmax" or loss != "ce":
+        raise UserError(f"--m2m-g {run_dir}: g must be a plain-CE softmax run, "
+                        f"this one is {ckpt.get('method')!r} with --loss {loss}")
+    return g.eval()
