@@ -29,7 +29,8 @@ def variant_config(base: TrainConfig, variant: str, rho: float, seed: int, out: 
                    g_dir: str | None) -> TrainConfig:
     """The run of one (variant, rho, seed) cell."""
     return dataclasses.replace(
-        base, imbalance=rho, seed=seed, split_seed=seed, out=str(out / f"rho{rho:g}" / f"seed{seed}" / variant),
+        base, imbalance=rho, seed=seed, split_seed=seed,
+        out=str(out / f"rho{rho:g}" / f"seed{seed}" / variant),
         loss=variant if variant in CLASS_BALANCED else "ce",
         m2m=variant == "m2m", m2m_g=g_dir if variant == "m2m" else None)
 
