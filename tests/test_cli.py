@@ -93,9 +93,9 @@ def bad_inputs(tmp_path):
          "--imbalance-order names ['x']"),
         (["--method", "rpl", "--loss", "cb-focal"], "--loss cb-focal needs the linear head"),
         (lt_digits + ["--m2m-g", fake_run(tmp_path / "g3", ["0", "1", "2"], [1, 8, 8])],
-         "g knows classes ['0', '1', '2']"),
+         "trained on classes ['0', '1', '2']"),
         (lt_digits + ["--m2m-g", fake_run(tmp_path / "g28", [str(i) for i in range(10)], [1, 28, 28])],
-         "g takes input shape [1, 28, 28]"),
+         "input shape [1, 28, 28], this run has [1, 8, 8]"),
         (lt_digits + ["--m2m-g", str(tmp_path / "empty")], "not a run directory (no model.pt)"),
     ]
 

@@ -131,7 +131,7 @@ def test_load_g_accepts_a_compatible_run_and_names_what_is_wrong(tmp_path):
     good = save_run(tmp_path / "good", ["a", "b", "c"], [1, 8, 8])
     g = load_g(good, ["a", "b", "c"], [1, 8, 8])
     assert not g.training and g(torch.rand(2, 1, 8, 8))["logits"].shape == (2, 3)
-    with pytest.raises(UserError, match="g knows classes"):
+    with pytest.raises(UserError, match="trained on classes"):
         load_g(good, ["a", "b", "d"], [1, 8, 8])
     with pytest.raises(UserError, match="input shape"):
         load_g(good, ["a", "b", "c"], [1, 28, 28])

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import ModelSpec, build_classifier
 from train.augment import augment
+from train.checkpoints import load_run_classifier
 from train.errors import UserError
 
 
@@ -149,24 +149,10 @@ class MajorToMinor:
 
 def load_g(run_dir: str, class_names: Sequence[str], input_shape: Sequence[int]) -> nn.Module:
     """The fixed classifier g from a plain-CE run directory that fits this run's data."""
-    path = Path(run_dir) / "model.pt"
-    if not path.is_file():
-        raise UserError(f"--m2m-g {run_dir}: not a run directory (no model.pt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu")
-        g = build_classifier(ModelSpec.from_dict(ckpt["model_spec"]))
-        g.load_state_dict(ckpt["state_dict"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bad user path
-        raise UserError(f"--m2m-g {run_dir}: cannot load model.pt ({type(exc).__name__})") from None
-    if list(ckpt.get("class_names", [])) != list(class_names):
-        raise UserError(f"--m2m-g {run_dir}: g knows classes {list(ckpt.get('class_names', []))}, "
-                        f"this run {list(class_names)}")
-    if list(ckpt.get("input_shape", [])) != list(input_shape):
-        raise UserError(f"--m2m-g {run_dir}: g takes input shape {ckpt.get('input_shape')}, "
-                        f"this run's images are {list(input_shape)}")
+    g, ckpt = load_run_classifier(run_dir, "--m2m-g", class_names, input_shape)
     config_path = Path(run_dir) / "config.json"
     loss = json.loads(config_path.read_text()).get("loss", "ce") if config_path.is_file() else "ce"
     if ckpt.get("method") != "softmax" or loss != "ce":
         raise UserError(f"--m2m-g {run_dir}: g must be a plain-CE softmax run, "
                         f"this one is {ckpt.get('method')!r} with --loss {loss}")
-    return g.eval()
+    return g
