@@ -224,7 +224,8 @@ def finished_run(cfg: TrainConfig) -> dict | None:
     except (OSError, ValueError):
         return None
     wanted = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "out"}
-    return metrics if all(saved.get(k) == v for k, v in wanted.items()) else None
+    defaults = TrainConfig().to_dict()  # a setting newer than the run: it ran with the default
+    return metrics if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()) else None
 
 
 def aggregated_metrics(model: torch.nn.Module, cfg: TrainConfig, images: np.ndarray,
