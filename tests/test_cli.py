@@ -1,3 +1,4 @@
+import dataclasses
 """The CLI end to end: a tiny real run, and one-line errors with exit code 2."""
 import json
 import math
@@ -153,3 +154,18 @@ def test_closed_set_protocol_with_sla_rows_and_resume(tmp_path, capsys):
     assert json.loads((out / "protocol.json").read_text())["summary"] == summary["summary"]
     assert protocol_main([*args, "--resume", "--sla-temperature", "2"]) == 0  # a new config: retrains
     assert (out / "split1" / "sla" / "metrics.json").stat().st_mtime_ns != first
+
+
+def test_finished_run_matches_configs_and_treats_newer_settings_as_defaults(tmp_path):
+    from train.config import TrainConfig
+    from train.run import finished_run
+
+    cfg = TrainConfig(out=str(tmp_path), epochs=3)
+    assert finished_run(cfg) is None  # nothing there yet
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("imbalance", "m2m")}  # older run
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "out": "elsewhere", "score": "mls"}))
+    (tmp_path / "metrics.json").write_text('{"closed_acc": 0.5}')
+    assert finished_run(cfg) == {"closed_acc": 0.5}
+    assert finished_run(dataclasses.replace(cfg, epochs=4)) is None
+    assert finished_run(dataclasses.replace(cfg, imbalance=10.0)) is None
+    assert finished_run(dataclasses.replace(cfg, score="msp")) is None
