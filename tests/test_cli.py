@@ -1,5 +1,5 @@
-import dataclasses
 """The CLI end to end: a tiny real run, and one-line errors with exit code 2."""
+import dataclasses
 import json
 import math
 import subprocess
