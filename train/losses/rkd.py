@@ -48,7 +48,6 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
 
 
 class RelationalDistillationLoss(nn.Module):
-    default_temperature = None  # the task's own
 
     def __init__(self, task: nn.Module, distance_weight: float = 25.0, angle_weight: float = 50.0):
         super().__init__()
