@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from train.cli import build_parser, parse_config
+from train.config import TrainConfig
 from train.errors import UserError
 
 ROLES = ("teacher", "scratch", "rkd")
 
 
-def role_config(base, role: str, seed: int, teacher_width: float, out: Path):
+def role_config(base: TrainConfig, role: str, seed: int, teacher_width: float,
+                out: Path) -> TrainConfig:
     """The TrainConfig of one role at one seed."""
     width = teacher_width if role == "teacher" else base.width
     teacher = str(out / f"seed{seed}" / "teacher") if role == "rkd" else None

@@ -28,7 +28,7 @@ from train.losses import LOSSES, TASKS, RelationalDistillationLoss, SelfLabelAug
 from train.losses.class_balanced import (CLASS_BALANCED, SIGMOID_LOSSES, build_class_balanced,
                                          init_sigmoid_bias)
 from train.m2m import M2mSettings, MajorToMinor, load_g
-from train.metrics import long_tail_metrics
+from train.metrics import closed_set_accuracy, long_tail_metrics
 from train.plots import plot_per_class_recall, plot_roc, plot_score_histogram
 from train.splits import (OpenSetSplit, draw_known_classes, long_tail_subset, open_set_split,
                           parse_known)
@@ -278,7 +278,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     hook = None
     if cfg.m2m:
         hook, g_dir, g_seconds = m2m_hook(cfg, model, tensors(split.train), known_names,
-                                          list(data.images.shape[1:]), device, progress)
+                                          list(input_shape), device, progress)
     started = time.perf_counter()
     history = fit(model, build_loss(cfg, class_counts), tensors(split.train), tensors(split.val),
                   epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
@@ -295,7 +295,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     metrics = open_set_metrics(test_known, labels[split.test_known], test_unknown, threshold)
     metrics.update({
         "method": cfg.method, "task": task_of(cfg), "score": spec.score, "dataset": data.name,
-        "known_classes": [data.class_names[c] for c in known],
+        "known_classes": known_names,
         "unknown_classes": [n for i, n in enumerate(data.class_names) if i not in known],
         "threshold_rule": f"accepts {cfg.accept_rate:.0%} of known validation images",
         "best_val_acc": max(h["val_acc"] for h in history),
@@ -322,13 +322,13 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         teacher_known = predict(teacher, data.images[split.test_known], device)
         metrics["teacher"] = {
             "run": cfg.teacher, "macs": count_macs(teacher, input_shape),
-            "closed_acc": float(np.mean(teacher_known["logits"].argmax(1)
-                                        == labels[split.test_known]))}
+            "closed_acc": closed_set_accuracy(teacher_known["logits"].argmax(1),
+                                              labels[split.test_known])}
 
     torch.save({
         "model_spec": spec.to_dict(), "state_dict": model.state_dict(),
         "class_names": list(metrics["known_classes"]), "threshold": threshold,
-        "input_shape": list(input_shape), "macs": count_macs(model, input_shape),  # C, H, W
+        "input_shape": list(input_shape), "macs": metrics["macs"],  # C, H, W
         "threshold_rule": metrics["threshold_rule"], "method": cfg.method,
         "temperature": cfg.temperature,
         "aggregated_threshold": metrics.get("aggregated", {}).get("threshold"),

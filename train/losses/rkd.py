@@ -52,7 +52,6 @@ class RelationalDistillationLoss(nn.Module):
     def __init__(self, task: nn.Module, distance_weight: float = 25.0, angle_weight: float = 50.0):
         super().__init__()
         self.task = task
-        self.head = task.head
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
 

@@ -19,13 +19,12 @@ from models.sla import NUM_VIEWS, aggregate, joint_labels
 
 
 class SelfLabelAugmentationLoss(nn.Module):
-    default_temperature = None  # the task's own (see train/run.py)
+    """Wraps the task loss of the shipped head; the method's temperature is the task's."""
 
     def __init__(self, task: nn.Module, transform: str = "rotation",
                  distill_temperature: float = 1.0):
         super().__init__()
         self.task = task
-        self.head = task.head
         self.num_views = NUM_VIEWS[transform]
         self.distill_temperature = distill_temperature
 
