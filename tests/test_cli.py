@@ -147,6 +147,12 @@ def test_closed_set_protocol_with_sla_rows_and_resume(tmp_path, capsys):
     assert summary["summary"]["softmax (mls)"]["auroc"]["mean"] is None  # closed set
     assert [r["seed"] for r in summary["runs"]["sla-softmax+SD (mls)"]] == [0, 1]
     assert "| sla-softmax+AG (mls) |" in (out / "protocol.md").read_text()
+    # the validation accuracy of each selected checkpoint rides along, for choosing settings
+    sla = [json.loads((out / f"split{s}" / "sla" / "metrics.json").read_text()) for s in (0, 1)]
+    assert summary["summary"]["sla-softmax+SD (mls)"]["val_acc"]["values"] == [
+        m["best_val_acc"] for m in sla]
+    assert summary["summary"]["sla-softmax+AG (mls)"]["val_acc"]["values"] == [
+        m["aggregated"]["val_acc"] for m in sla]
     first = (out / "split1" / "sla" / "metrics.json").stat().st_mtime_ns
     capsys.readouterr()
     assert protocol_main([*args, "--resume"]) == 0  # nothing retrained, same table

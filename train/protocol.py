@@ -22,17 +22,23 @@ from train.losses import LOSSES
 
 def rows_of(method: str, metrics: dict) -> dict[str, dict]:
     """One table row per (method, served score): softmax gives both MSP and MLS rows, SLA its
-    single-pass distilled head (SD) and its M-pass aggregated inference (AG)."""
+    single-pass distilled head (SD) and its M-pass aggregated inference (AG).
+
+    val_acc is the validation accuracy of the selected checkpoint: what a sweep over settings
+    may be chosen by without looking at the test split (None for runs written before it)."""
     if method == "sla":
         ag = metrics["aggregated"]
         name = f"sla-{metrics['task']}"
-        return {f"{name}+SD ({metrics['score']})": {"closed_acc": metrics["closed_acc"],
+        return {f"{name}+SD ({metrics['score']})": {"val_acc": metrics.get("best_val_acc"),
+                                                    "closed_acc": metrics["closed_acc"],
                                                     **metrics["scores"][metrics["score"]]},
-                f"{name}+AG ({ag['score']})": {"closed_acc": ag["closed_acc"],
+                f"{name}+AG ({ag['score']})": {"val_acc": ag.get("val_acc"),
+                                               "closed_acc": ag["closed_acc"],
                                                **ag["scores"][ag["score"]]}}
     closed_set = metrics["auroc"] is None  # the score makes no difference to accuracy
     scores = ("msp", "mls") if method == "softmax" and not closed_set else (metrics["score"],)
-    return {f"{method} ({score})": {"closed_acc": metrics["closed_acc"],
+    return {f"{method} ({score})": {"val_acc": metrics.get("best_val_acc"),
+                                     "closed_acc": metrics["closed_acc"],
                                      **metrics["scores"][score]} for score in scores}
 
 
@@ -44,7 +50,7 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for row, runs in results.items():
         summary[row] = {}
-        for key in ("closed_acc", "auroc", "oscr"):
+        for key in ("val_acc", "closed_acc", "auroc", "oscr"):
             if any(r[key] is None for r in runs):  # closed-set runs: no open-set figures
                 summary[row][key] = {"mean": None, "std": None, "values": [r[key] for r in runs]}
                 continue
@@ -55,11 +61,12 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def markdown(summary: dict[str, dict], n_splits: int) -> str:
-    lines = [f"| method (score) | closed-set acc | AUROC | OSCR |  (mean +- std over {n_splits} splits)",
-             "|---|---|---|---|"]
+    lines = [f"| method (score) | closed-set acc | AUROC | OSCR | val acc |  (mean +- std over "
+             f"{n_splits} splits; val acc: the validation split, for choosing settings)",
+             "|---|---|---|---|---|"]
     for row, stats in summary.items():
         cells = [f"{fmt(stats[k]['mean'])} +- {fmt(stats[k]['std'])}" if stats[k]["mean"] is not None
-                 else "n/a" for k in ("closed_acc", "auroc", "oscr")]
+                 else "n/a" for k in ("closed_acc", "auroc", "oscr", "val_acc")]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -238,7 +238,8 @@ def aggregated_metrics(model: torch.nn.Module, cfg: TrainConfig, images: np.ndar
     result = open_set_metrics(predict(aggregated, images[split.test_known], device),
                               labels[split.test_known],
                               predict(aggregated, images[split.test_unknown], device), threshold)
-    return {**result, "score": score, "passes": NUM_VIEWS[cfg.sla_transform]}
+    val_acc = float((val["logits"].argmax(1) == labels[split.val]).mean())
+    return {**result, "val_acc": val_acc, "score": score, "passes": NUM_VIEWS[cfg.sla_transform]}
 
 
 def run(cfg: TrainConfig, progress: bool = True) -> dict:
