@@ -70,6 +70,10 @@ def test_sla_loss_is_the_sum_of_its_three_terms():
     kl = (p * (p.log() - torch.log_softmax(u, 1))).sum(1).mean()
     ce = torch.nn.functional.cross_entropy(u, target)
     assert loss.item() == pytest.approx((sla + kl + ce).item(), rel=1e-5)
+    # --sla-aggregate-loss adds CE on the aggregated logits s, and nothing else
+    with_agg = SelfLabelAugmentationLoss(CrossEntropyLoss(), "rotation", aggregate_loss=True)
+    ag_ce = torch.nn.functional.cross_entropy(aggregate(joint, 4), target)
+    assert with_agg(outputs, target).item() == pytest.approx((sla + kl + ce + ag_ce).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("task", ["softmax", "rpl"])

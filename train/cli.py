@@ -31,6 +31,8 @@ HELP = {
     "sla_task": "method of the single-pass head SLA distils into: softmax | rpl | arpl",
     "sla_transform": "SLA transformations: rotation (M = 4) | permutation (M = 6, RGB input)",
     "sla_temperature": "SLA self-distillation temperature T",
+    "sla_aggregate_loss": "SLA: also train the aggregated prediction s with CE(s, y) "
+                          "(the official code's --with-training-agg)",
     "teacher": "run directory of a trained teacher: distil this run from it with RKD",
     "rkd_distance_weight": "weight of the RKD distance-wise loss",
     "rkd_angle_weight": "weight of the RKD angle-wise loss",

@@ -34,6 +34,7 @@ class TrainConfig:
     sla_task: str = "softmax"  # softmax | rpl | arpl
     sla_transform: str = "rotation"  # rotation (M = 4) | permutation (M = 6, RGB only)
     sla_temperature: float = 1.0  # self-distillation temperature T
+    sla_aggregate_loss: bool = False  # also CE(s, y) on the aggregated logits (official option)
     # RKD: distil a (smaller) student from a finished run directory
     teacher: str | None = None
     rkd_distance_weight: float = 25.0

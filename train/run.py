@@ -150,7 +150,8 @@ def build_loss(cfg: TrainConfig, class_counts: list[int] | None = None) -> torch
     else:
         loss = task(temperature=cfg.temperature, classification=classification)
     if cfg.method == "sla":
-        loss = SelfLabelAugmentationLoss(loss, cfg.sla_transform, cfg.sla_temperature)
+        loss = SelfLabelAugmentationLoss(loss, cfg.sla_transform, cfg.sla_temperature,
+                                         cfg.sla_aggregate_loss)
     if cfg.teacher is not None:
         loss = RelationalDistillationLoss(loss, cfg.rkd_distance_weight, cfg.rkd_angle_weight)
     return loss

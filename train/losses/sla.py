@@ -4,6 +4,7 @@ Trained on view-major batches of M transformed copies (models/sla.py), with N cl
     L = mean_{b,j} CE(joint(t_j(x_b)), y_b * M + j)                      (SLA, joint head)
       + T^2 * KL(softmax(s / T).detach() || softmax(u / T))             (self-distillation)
       + task(u, y)                                                      (the single-pass head)
+      [+ CE(s, y) with aggregate_loss: the official code's --with-training-agg]
 s = aggregated joint logits (SLA+AG) and u = the classifier's own head on the untransformed
 view. The task loss is any single-head method (softmax CE, RPL, ARPL), so the shipped one-pass
 head can be a reciprocal-point head with its distance-based unknown score. For those, u is the
@@ -22,11 +23,12 @@ class SelfLabelAugmentationLoss(nn.Module):
     """Wraps the task loss of the shipped head; the method's temperature is the task's."""
 
     def __init__(self, task: nn.Module, transform: str = "rotation",
-                 distill_temperature: float = 1.0):
+                 distill_temperature: float = 1.0, aggregate_loss: bool = False):
         super().__init__()
         self.task = task
         self.num_views = NUM_VIEWS[transform]
         self.distill_temperature = distill_temperature
+        self.aggregate_loss = aggregate_loss
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         m, batch = self.num_views, target.shape[0]
@@ -40,4 +42,7 @@ class SelfLabelAugmentationLoss(nn.Module):
         student = plain["logits"] / self.task.temperature / t  # B x N
         distill = F.kl_div(F.log_softmax(student, dim=1),
                            F.softmax(aggregated.detach() / t, dim=1), reduction="batchmean")
-        return sla + t * t * distill + self.task(plain, target)
+        loss = sla + t * t * distill + self.task(plain, target)
+        if self.aggregate_loss:  # trains the M-view ensemble itself, not only each view
+            loss = loss + F.cross_entropy(aggregated, target)
+        return loss
