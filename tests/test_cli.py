@@ -175,3 +175,11 @@ def test_finished_run_matches_configs_and_treats_newer_settings_as_defaults(tmp_
     assert finished_run(dataclasses.replace(cfg, epochs=4)) is None
     assert finished_run(dataclasses.replace(cfg, imbalance=10.0)) is None
     assert finished_run(dataclasses.replace(cfg, score="msp")) is None
+    # SLA's settings change only SLA runs: a plain run is reused across them, an SLA run is not
+    assert finished_run(dataclasses.replace(cfg, sla_temperature=4.0)) == {"closed_acc": 0.5}
+    sla = dataclasses.replace(cfg, method="sla", out=str(tmp_path / "sla"))
+    (tmp_path / "sla").mkdir()
+    (tmp_path / "sla" / "config.json").write_text(json.dumps(sla.to_dict()))
+    (tmp_path / "sla" / "metrics.json").write_text('{"closed_acc": 0.7}')
+    assert finished_run(sla) == {"closed_acc": 0.7}
+    assert finished_run(dataclasses.replace(sla, sla_temperature=4.0)) is None

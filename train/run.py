@@ -217,14 +217,16 @@ def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: n
 
 def finished_run(cfg: TrainConfig) -> dict | None:
     """The metrics of a finished run of exactly this configuration in cfg.out, else None
-    (settings left to defaults, None in `cfg`, match whatever the run resolved them to)."""
+    (settings left to defaults, None in `cfg`, match whatever the run resolved them to;
+    the --sla-* settings count only for --method sla, where they change the training)."""
     out = Path(cfg.out)
     try:
         saved = json.loads((out / "config.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    wanted = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "out"}
+    wanted = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "out"
+              and (cfg.method == "sla" or not k.startswith("sla_"))}
     defaults = TrainConfig().to_dict()  # a setting newer than the run: it ran with the default
     return metrics if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()) else None
 
