@@ -38,14 +38,18 @@ def joint_labels(labels: torch.Tensor, num_views: int) -> torch.Tensor:
     return torch.cat([labels * num_views + j for j in range(num_views)])
 
 
-def aggregate(joint_logits: torch.Tensor, num_views: int) -> torch.Tensor:
-    """M*B x N*M joint logits (view-major) -> B x N aggregated logits s (SLA+AG)."""
+def view_logits(joint_logits: torch.Tensor, num_views: int) -> torch.Tensor:
+    """M*B x N*M joint logits (view-major) -> M x B x N: view j's logits joint(t_j(x))[i*M + j]."""
     m = num_views
     per_view = joint_logits.reshape(m, -1, joint_logits.shape[1] // m, m)  # M x B x N x M
-    # keep joint_logits(t_j(x))[i*M + j]: view j's logit for transformation j (an eye mask,
-    # not diagonal(), so the dynamic-batch ONNX graph stays plain Mul/ReduceSum)
+    # an eye mask, not diagonal(), so the dynamic-batch ONNX graph stays plain Mul/ReduceSum
     mask = torch.eye(m, dtype=joint_logits.dtype, device=joint_logits.device)[:, None, None, :]
-    return (per_view * mask).sum(dim=(0, 3)) / m  # B x N
+    return (per_view * mask).sum(dim=3)
+
+
+def aggregate(joint_logits: torch.Tensor, num_views: int) -> torch.Tensor:
+    """M*B x N*M joint logits (view-major) -> B x N aggregated logits s (SLA+AG)."""
+    return view_logits(joint_logits, num_views).sum(dim=0) / num_views
 
 
 class AggregatedClassifier(nn.Module):

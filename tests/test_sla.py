@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import AggregatedClassifier, ModelSpec, build_classifier
-from models.sla import PERMUTATIONS, aggregate, joint_labels, transform_views
+from models.sla import PERMUTATIONS, aggregate, joint_labels, transform_views, view_logits
 from train.losses import CrossEntropyLoss, ReciprocalPointLoss, SelfLabelAugmentationLoss
 
 
@@ -21,6 +21,26 @@ def test_aggregate_by_hand():
     joint = torch.tensor([[1.0, 10.0, 2.0, 20.0],    # view 0: keep columns (c0,t0)=1, (c1,t0)=2
                           [30.0, 3.0, 40.0, 4.0]])   # view 1: keep columns (c0,t1)=3, (c1,t1)=4
     assert aggregate(joint, 2).tolist() == [[(1 + 3) / 2, (2 + 4) / 2]]
+    assert view_logits(joint, 2).tolist() == [[[1.0, 2.0]], [[3.0, 4.0]]]  # M x B x N
+
+
+class _JointStub(torch.nn.Module):
+    """N = 2 classes, M = 4 rotations: joint logit (i, j) = 1 where i = 1 and j is odd, else 0,
+    so only the 90 and 270 degree views predict class 1 (ties go to class 0)."""
+
+    def forward(self, views):
+        joint = torch.zeros(views.shape[0], 8)
+        joint[:, [5, 7]] = 1.0  # columns i*M + j for (1, 1) and (1, 3)
+        return {"joint_logits": joint}
+
+
+def test_view_accuracy_scores_each_view_on_its_own():
+    from train.evaluate import view_accuracy
+
+    images = np.zeros((3, 1, 4, 4), dtype=np.uint8)
+    labels = np.array([1, 1, 0])
+    assert view_accuracy(_JointStub(), "rotation", images, labels, torch.device("cpu"),
+                         batch_size=2) == pytest.approx([1 / 3, 2 / 3, 1 / 3, 2 / 3])
 
 
 def test_aggregate_two_images_four_views():
@@ -131,6 +151,7 @@ def test_sla_run_reports_both_inference_modes(sla_run):
     assert metrics["method"] == "sla" and metrics["task"] == "rpl"
     ag = metrics["aggregated"]
     assert ag["passes"] == 4 and 0 <= ag["closed_acc"] <= 1 and 0 <= ag["auroc"] <= 1
+    assert len(ag["view_acc"]) == 4 and all(0 <= a <= 1 for a in ag["view_acc"])
     assert 0 <= metrics["auroc"] <= 1 and "distance" in metrics["scores"]  # a reciprocal head
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.sla import NUM_VIEWS, transform_views, view_logits
 from train.calibration import accept_rate
 from train.metrics import auroc, closed_set_accuracy, oscr
 
@@ -23,6 +24,22 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device,
         for key, value in row.items():
             chunks.setdefault(key, []).append(value.float().cpu().numpy())
     return {key: np.concatenate(parts) for key, parts in chunks.items()}
+
+
+@torch.no_grad()
+def view_accuracy(model: nn.Module, transform: str, images: np.ndarray, labels: np.ndarray,
+                  device: torch.device, batch_size: int = 256) -> list[float]:
+    """Accuracy of an SLA joint head on each single view t_j(x), j = 0..M-1 (argmax over
+    classes i of joint(t_j(x))[i*M + j]): how well each view SLA+AG averages is learned."""
+    model.eval().to(device)
+    m = NUM_VIEWS[transform]
+    correct = np.zeros(m)
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).to(device).float() / 255
+        per_view = view_logits(model(transform_views(x, transform))["joint_logits"], m)
+        predicted = per_view.argmax(2).cpu().numpy()  # M x B
+        correct += (predicted == labels[start:start + batch_size]).sum(1)
+    return (correct / max(1, len(images))).tolist()
 
 
 def open_set_metrics(known: dict[str, np.ndarray], known_labels: np.ndarray,

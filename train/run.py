@@ -22,7 +22,7 @@ from train.checkpoints import load_run_classifier
 from train.config import TrainConfig
 from train.datasets import ImageSet, load_dataset
 from train.errors import UserError
-from train.evaluate import open_set_metrics, predict
+from train.evaluate import open_set_metrics, predict, view_accuracy
 from train.loop import fit
 from train.losses import LOSSES, TASKS, RelationalDistillationLoss, SelfLabelAugmentationLoss
 from train.losses.class_balanced import (CLASS_BALANCED, SIGMOID_LOSSES, build_class_balanced,
@@ -242,7 +242,10 @@ def aggregated_metrics(model: torch.nn.Module, cfg: TrainConfig, images: np.ndar
                               labels[split.test_known],
                               predict(aggregated, images[split.test_unknown], device), threshold)
     val_acc = float((val["logits"].argmax(1) == labels[split.val]).mean())
-    return {**result, "val_acc": val_acc, "score": score, "passes": NUM_VIEWS[cfg.sla_transform]}
+    views = view_accuracy(model, cfg.sla_transform, images[split.test_known], labels[split.test_known],
+                          device)
+    return {**result, "val_acc": val_acc, "view_acc": views, "score": score,
+            "passes": NUM_VIEWS[cfg.sla_transform]}
 
 
 def run(cfg: TrainConfig, progress: bool = True) -> dict:
