@@ -11,6 +11,7 @@ from torch import nn
 
 from models.backbones import BACKBONES
 from models.classifier import OpenSetClassifier
+from models.detectors import DETECTORS, build_detector
 from models.linear_head import LinearHead
 from models.reciprocal_points import ReciprocalPointHead
 from models.sla import NUM_VIEWS, AggregatedClassifier
@@ -30,6 +31,11 @@ class ModelSpec:
     score: str = "mls"
     feature_scale: float = 0.0  # reciprocal head only; > 0 L2-normalises z to this norm
     sla_transform: str = "none"  # rotation | permutation: adds the SLA joint head (N*M outputs)
+    # post-hoc detector that computes the served unknown_score (models/detectors); "none" = the
+    # head's own `score`. Its fitted state (k-NN bank, class means, ...) is in the state dict.
+    detector: str = "none"
+    knn_k: int = 1  # knn / fusion: score by the k-th nearest bank vector
+    bank_size: int = 1  # knn / fusion: rows of the feature bank
     mean: tuple[float, ...] = field(default=(0.5,))
     std: tuple[float, ...] = field(default=(0.5,))
 
@@ -59,8 +65,12 @@ def build_classifier(spec: ModelSpec) -> OpenSetClassifier:
             raise ValueError(f"unknown SLA transform {spec.sla_transform!r}; "
                              f"choose from none, {', '.join(NUM_VIEWS)}")
         joint_head = nn.Linear(backbone.embed_dim, spec.num_classes * NUM_VIEWS[spec.sla_transform])
-    return OpenSetClassifier(backbone, head, spec.mean, spec.std, joint_head)
+    detector = None
+    if spec.detector != "none":
+        detector = build_detector(spec.detector, backbone.embed_dim, spec.num_classes, spec.knn_k,
+                                  spec.bank_size)
+    return OpenSetClassifier(backbone, head, spec.mean, spec.std, joint_head, detector)
 
 
-__all__ = ["ModelSpec", "build_classifier", "OpenSetClassifier", "LinearHead",
+__all__ = ["ModelSpec", "build_classifier", "DETECTORS", "build_detector", "OpenSetClassifier", "LinearHead",
            "ReciprocalPointHead", "AggregatedClassifier", "BACKBONES"]

@@ -9,7 +9,8 @@ from models.sla import AggregatedClassifier
 
 
 class ContractModel(nn.Module):
-    """images [B, C, H, W] in [0, 1] -> logits [B, K], unknown_score [B] (, distances [B, K]).
+    """images [B, C, H, W] in [0, 1] -> logits [B, K], unknown_score [B]
+    (, reciprocal_score [B], distances [B, K] for reciprocal-point models).
 
     The scores come from the head's own forward, so serving never re-implements them.
     """
@@ -21,7 +22,8 @@ class ContractModel(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return ["logits", "unknown_score"] + (["distances"] if self.has_distances else [])
+        return ["logits", "unknown_score"] + (["reciprocal_score", "distances"]
+                                              if self.has_distances else [])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.classifier(images)

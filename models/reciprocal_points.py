@@ -68,10 +68,12 @@ class ReciprocalPointHead(nn.Module):
             z = self.feature_scale * torch.nn.functional.normalize(z, dim=1)
         euclidean, dot = self.point_distances(z)  # B x K each
         logits = euclidean if self.variant == "rpl" else euclidean - dot
+        score = SCORES[self.score](logits, euclidean)  # B
         return {
             "logits": logits,
             "distances": euclidean,
-            "unknown_score": SCORES[self.score](logits, euclidean),
+            "unknown_score": score,
+            "reciprocal_score": score,  # stays served when a post-hoc detector decides
             "radius": self.radius,  # read by the open-space loss term
         }
 

@@ -27,6 +27,11 @@ HELP = {
     "temperature": "softmax temperature T of the reciprocal-point losses",
     "open_space_weight": "lambda of the open-space term (rpl/arpl)",
     "points_per_class": "reciprocal points per class (M)",
+    "detector": "served unknown score from a post-hoc detector on the embedding: none (the head's "
+                "--score) | knn | fusion | mahalanobis | vim | energy | msp | mls",
+    "knn_k": "knn / fusion: score by the cosine distance to the k-th nearest bank embedding",
+    "bank_size": "knn / fusion: feature-bank rows kept in the model (seeded subsample of the "
+                 "training split)",
     "accept_rate": "threshold accepts this fraction of known validation images",
     "sla_task": "method of the single-pass head SLA distils into: softmax | rpl | arpl",
     "sla_transform": "SLA transformations: rotation (M = 4) | permutation (M = 6, RGB input)",

@@ -29,6 +29,10 @@ class TrainConfig:
     open_space_weight: float = 0.1
     points_per_class: int = 4
     feature_scale: float = 8.0  # > 0: L2-normalise the embedding to this norm (rpl/arpl)
+    # post-hoc detector that decides `known` (models/detectors); none = the head's --score
+    detector: str = "knn"
+    knn_k: int = 1
+    bank_size: int = 1024  # k-NN feature bank rows (a seeded subsample of the training split)
     accept_rate: float = 0.95  # threshold accepts this fraction of known validation images
     # SLA (--method sla): the shipped single-pass head is trained by --sla-task
     sla_task: str = "softmax"  # softmax | rpl | arpl

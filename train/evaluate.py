@@ -13,13 +13,14 @@ from train.metrics import auroc, closed_set_accuracy, oscr
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device,
             batch_size: int = 512) -> dict[str, np.ndarray]:
-    """logits, the served unknown_score, and every alternative score the head defines."""
+    """logits, embedding, the served unknown_score, and every alternative score the head defines."""
     model.eval().to(device)
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, max(1, len(images)), batch_size):  # an empty set -> empty arrays
         x = torch.from_numpy(images[start:start + batch_size]).to(device).float() / 255
         outputs = model(x)
-        row = {"logits": outputs["logits"], "unknown_score": outputs["unknown_score"]}
+        row = {"logits": outputs["logits"], "unknown_score": outputs["unknown_score"],
+               "embedding": outputs["embedding"]}
         row.update({f"score:{k}": v for k, v in model.all_scores(outputs).items()})
         for key, value in row.items():
             chunks.setdefault(key, []).append(value.float().cpu().numpy())

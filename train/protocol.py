@@ -36,10 +36,44 @@ def rows_of(method: str, metrics: dict) -> dict[str, dict]:
                                                "closed_acc": ag["closed_acc"],
                                                **ag["scores"][ag["score"]]}}
     closed_set = metrics["auroc"] is None  # the score makes no difference to accuracy
-    scores = ("msp", "mls") if method == "softmax" and not closed_set else (metrics["score"],)
+    scores = (metrics["score"],)
+    if method == "softmax" and not closed_set:  # the closed-set baselines, and what it serves
+        scores = tuple(dict.fromkeys(("msp", "mls", metrics["score"])))
     return {f"{method} ({score})": {"val_acc": metrics.get("best_val_acc"),
                                      "closed_acc": metrics["closed_acc"],
                                      **metrics["scores"][score]} for score in scores}
+
+
+def detector_table(per_run: list[dict], baseline: str = "softmax (msp)") -> str:
+    """AUROC of every detector of the suite per method (mean +- std over all runs), and how
+    often each method's served score beats the baseline row, paired by (split, seed)."""
+    methods = list(dict.fromkeys(r["method"] for r in per_run))
+    detectors = list(dict.fromkeys(d for r in per_run for d in r["scores"]))
+    lines = ["| method (served) | " + " | ".join(detectors) + " |",
+             "|---|" + "---|" * len(detectors)]
+    for method in methods:
+        runs = [r for r in per_run if r["method"] == method]
+        cells = []
+        for name in detectors:
+            values = np.array([r["scores"][name]["auroc"] for r in runs if name in r["scores"]
+                               and r["scores"][name]["auroc"] is not None], dtype=float)
+            best = "**" if name == runs[0]["score"] else ""
+            cells.append(f"{best}{values.mean():.4f} +- {values.std(ddof=1) if len(values) > 1 else 0:.4f}"
+                         f"{best}" if len(values) else "n/a")
+        lines.append(f"| {method} ({runs[0]['score']}) | " + " | ".join(cells) + " |")
+    base = {(r["split_seed"], r["seed"]): r["scores"]["msp"]["auroc"] for r in per_run
+            if r["method"] == "softmax" and "msp" in r["scores"]}
+    notes = []
+    for method in methods:
+        pairs = [(r["scores"][r["score"]]["auroc"], base[(r["split_seed"], r["seed"])])
+                 for r in per_run if r["method"] == method and (r["split_seed"], r["seed"]) in base
+                 and r["scores"][r["score"]]["auroc"] is not None]
+        if pairs and method != "softmax":
+            wins = sum(ours > theirs for ours, theirs in pairs)
+            notes.append(f"- {method} ({per_run[[r['method'] for r in per_run].index(method)]['score']}) "
+                         f"above {baseline} on {wins}/{len(pairs)} (split, seed) pairs, mean "
+                         f"{np.mean([o - t for o, t in pairs]):+.4f}")
+    return "\n".join(lines + [""] + notes) + "\n"
 
 
 def fmt(value: float | None) -> str:
@@ -93,10 +127,26 @@ def plot(summary: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    """"0,1" -> [0, 1]; None -> [default]."""
+    if text is None:
+        return [default]
+    try:
+        seeds = list(dict.fromkeys(int(item) for item in text.split(",")))
+    except ValueError:
+        raise UserError(f"--train-seeds must be comma-separated integers, got {text!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise UserError(f"--train-seeds must be >= 0, got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m train.protocol", __doc__)
     parser.add_argument("--splits", type=int, default=5, help="split seeds 0..N-1")
     parser.add_argument("--methods", default="softmax,rpl,arpl", help="comma-separated methods")
+    parser.add_argument("--train-seeds", default=None,
+                        help="comma-separated training seeds, each run on every split "
+                             "(default: --seed)")
     parser.add_argument("--seed-per-split", action="store_true",
                         help="also vary the weight/batch seed: seed = --seed + split seed")
     parser.add_argument("--resume", action="store_true",
@@ -113,27 +163,40 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"unknown method(s) {bad}; choose from {', '.join(LOSSES)}")
         from train.run import finished_run, run
 
+        train_seeds = parse_seeds(extra["train_seeds"], base.seed)
         out = Path(base.out)
         results: dict[str, list[dict]] = {}
-        for split_seed in range(extra["splits"]):
-            for method in methods:
-                seed = base.seed + split_seed if extra["seed_per_split"] else base.seed
-                cfg = dataclasses.replace(base, method=method, split_seed=split_seed, seed=seed,
-                                          out=str(out / f"split{split_seed}" / method))
-                metrics = (extra["resume"] and finished_run(cfg)) or run(cfg)
-                for row, values in rows_of(method, metrics).items():
-                    results.setdefault(row, []).append({**values, "split_seed": split_seed,
-                                                        "seed": seed,
-                                                        "train_seconds": metrics["train_seconds"]})
-                print(f"split {split_seed} {method}: acc {fmt(metrics['closed_acc'])} "
-                      f"auroc {fmt(metrics['auroc'])} oscr {fmt(metrics['oscr'])}", flush=True)
+        per_run: list[dict] = []
+        for train_seed in train_seeds:
+            for split_seed in range(extra["splits"]):
+                for method in methods:
+                    seed = train_seed + split_seed if extra["seed_per_split"] else train_seed
+                    run_dir = out / f"split{split_seed}" / method
+                    if len(train_seeds) > 1:
+                        run_dir = out / f"seed{train_seed}" / f"split{split_seed}" / method
+                    cfg = dataclasses.replace(base, method=method, split_seed=split_seed, seed=seed,
+                                              out=str(run_dir))
+                    metrics = (extra["resume"] and finished_run(cfg)) or run(cfg)
+                    for row, values in rows_of(method, metrics).items():
+                        results.setdefault(row, []).append({**values, "split_seed": split_seed,
+                                                            "seed": seed,
+                                                            "train_seconds": metrics["train_seconds"]})
+                    per_run.append({"method": method, "split_seed": split_seed, "seed": seed,
+                                    "score": metrics["score"], "scores": metrics["scores"],
+                                    "knn_sweep": metrics.get("knn_sweep")})
+                    print(f"seed {seed} split {split_seed} {method}: acc {fmt(metrics['closed_acc'])} "
+                          f"auroc {fmt(metrics['auroc'])} oscr {fmt(metrics['oscr'])}", flush=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = summarise(results)
-    table = markdown(summary, extra["splits"])
+    table = markdown(summary, extra["splits"] * len(train_seeds))
+    if any(r["scores"] and next(iter(r["scores"].values()))["auroc"] is not None for r in per_run):
+        table += "\nAUROC of every detector on the same models (served score in bold):\n\n"
+        table += detector_table(per_run)
     (out / "protocol.json").write_text(json.dumps({"config": base.to_dict(), "summary": summary,
-                                                   "runs": results}, indent=2))
+                                                   "runs": results, "per_run": per_run},
+                                                  indent=2))
     (out / "protocol.md").write_text(table)
     plot(summary, out / "protocol.png")
     print(table)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import AggregatedClassifier, ModelSpec, build_classifier
+from models import DETECTORS, AggregatedClassifier, ModelSpec, build_classifier
 from models import linear_head, reciprocal_points
 from models.backbones import BACKBONES
 from models.complexity import count_macs
@@ -21,6 +21,7 @@ from train.calibration import threshold_for_accept_rate
 from train.checkpoints import load_run_classifier
 from train.config import TrainConfig
 from train.datasets import ImageSet, load_dataset
+from train.detector_suite import add_suite_scores, fit_detector, knn_sweep
 from train.errors import UserError
 from train.evaluate import open_set_metrics, predict, view_accuracy
 from train.loop import fit
@@ -71,7 +72,13 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.score is not None and cfg.score not in scores:
         raise UserError(f"--score {cfg.score!r} is not defined for {task_of(cfg)}; "
                         f"choose from {', '.join(scores)}")
+    if cfg.detector != "none" and cfg.detector not in DETECTORS:
+        raise UserError(f"unknown --detector {cfg.detector!r}; choose from none, {', '.join(DETECTORS)}")
+    if cfg.knn_k > cfg.bank_size > 0:
+        raise UserError(f"--knn-k {cfg.knn_k} is larger than the feature bank (--bank-size "
+                        f"{cfg.bank_size})")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                "knn_k": cfg.knn_k, "bank_size": cfg.bank_size,
                 "width": cfg.width, "points_per_class": cfg.points_per_class,
                 "sla_temperature": cfg.sla_temperature}
     if cfg.temperature is not None:
@@ -215,6 +222,26 @@ def model_spec(cfg: TrainConfig, data: ImageSet, num_known: int, train_images: n
     )
 
 
+def check_bank(cfg: TrainConfig, n_train: int) -> None:
+    """k-NN needs k bank rows, and the bank is at most the training split."""
+    if cfg.detector in ("knn", "fusion") and cfg.knn_k > n_train:
+        raise UserError(f"--knn-k {cfg.knn_k} is larger than the feature bank: the training "
+                        f"split has {n_train} images")
+
+
+def attach_detector(cfg: TrainConfig, spec: ModelSpec, model: torch.nn.Module,
+                    train: dict[str, np.ndarray], train_labels: np.ndarray,
+                    val: dict[str, np.ndarray]) -> ModelSpec:
+    """Fit --detector on the known training (and validation) images and make it the model's
+    served unknown_score; returns the spec that rebuilds the model with it."""
+    if cfg.detector == "none":
+        return spec
+    bank_size = min(cfg.bank_size, len(train_labels))
+    model.detector = fit_detector(cfg.detector, train, train_labels, val, cfg.knn_k, bank_size,
+                                  cfg.seed).to(next(model.parameters()).device)
+    return dataclasses.replace(spec, detector=cfg.detector, knn_k=cfg.knn_k, bank_size=bank_size)
+
+
 def finished_run(cfg: TrainConfig) -> dict | None:
     """The metrics of a finished run of exactly this configuration in cfg.out, else None
     (settings left to defaults, None in `cfg`, match whatever the run resolved them to;
@@ -267,6 +294,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     split = long_tail_train(cfg, split, data.labels, list(data.class_names))
     labels = split.relabel(data.labels)
     input_shape = tuple(data.images.shape[1:])  # C, H, W
+    check_bank(cfg, len(split.train))
     class_counts = np.bincount(labels[split.train], minlength=len(known)).tolist()
     known_names = [data.class_names[c] for c in known]
     if cfg.method == "sla":
@@ -295,13 +323,21 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
                          if cfg.method == "sla" else None))
     train_seconds = time.perf_counter() - started
 
+    train_pred = predict(model, data.images[split.train], device)
+    spec = attach_detector(cfg, spec, model, train_pred, labels[split.train],
+                           predict(model, data.images[split.val], device))
     val = predict(model, data.images[split.val], device)
     threshold = threshold_for_accept_rate(val["unknown_score"], cfg.accept_rate)
     test_known = predict(model, data.images[split.test_known], device)
     test_unknown = predict(model, data.images[split.test_unknown], device)
+    add_suite_scores(train_pred, labels[split.train], val, [test_known, test_unknown],
+                     cfg.knn_k, cfg.bank_size, cfg.seed)
     metrics = open_set_metrics(test_known, labels[split.test_known], test_unknown, threshold)
+    served = spec.score if spec.detector == "none" else spec.detector
     metrics.update({
-        "method": cfg.method, "task": task_of(cfg), "score": spec.score, "dataset": data.name,
+        "method": cfg.method, "task": task_of(cfg), "score": served, "head_score": spec.score,
+        "detector": spec.detector, "knn_k": cfg.knn_k, "bank_size": spec.bank_size,
+        "dataset": data.name,
         "known_classes": known_names,
         "unknown_classes": [n for i, n in enumerate(data.class_names) if i not in known],
         "threshold_rule": f"accepts {cfg.accept_rate:.0%} of known validation images",
@@ -317,6 +353,9 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     metrics.update(long_tail_metrics(test_known["logits"].argmax(1), labels[split.test_known],
                                      np.array(class_counts), known_names))
     metrics.update({"imbalance": cfg.imbalance, "loss": cfg.loss})
+    if len(split.test_unknown):
+        metrics["knn_sweep"] = knn_sweep(train_pred, labels[split.train], test_known, test_unknown,
+                                         cfg.seed)
     if hook is not None:
         metrics["m2m"] = {"g": g_dir, "g_train_seconds": g_seconds,
                           "start_epoch": cfg.m2m_start_epoch,
@@ -342,7 +381,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     }, out / "model.pt")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    title = f"{cfg.method} ({spec.score}) on {data.name}"
+    title = f"{cfg.method} ({served}) on {data.name}"
     if metrics["auroc"] is not None:  # closed-set runs have no unknowns to draw
         plot_roc(test_known["unknown_score"], test_unknown["unknown_score"], metrics["auroc"],
                  out / "roc.png", title)
