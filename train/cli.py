@@ -46,6 +46,11 @@ HELP = {
     "loss": "ce | cb-softmax | cb-sigmoid | cb-focal (class-balanced; reciprocal heads: cb-softmax)",
     "cb_beta": "effective-number beta of the class-balanced loss, in [0, 1)",
     "focal_gamma": "focusing gamma of cb-focal",
+    "min_steps": "train at least this many SGD steps: a small (long-tailed) training set runs "
+                 "more epochs than --epochs (0 = exactly --epochs)",
+    "logit_adjust": "tau of logit-adjusted CE, CE(l + tau log prior, y) (0 = off; any method)",
+    "drs": "deferred re-sampling: class-balanced batches from --drs-start of the training",
+    "drs_start": "fraction of the epochs trained on the natural distribution before --drs",
     "m2m": "M2m: translate majority seeds into minority samples (imbalanced training data)",
     "m2m_g": "run directory of the plain-CE classifier g (default: train it into OUT/g first)",
     "m2m_start_epoch": "epochs of plain training before re-sampling + generation start",

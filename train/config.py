@@ -19,6 +19,8 @@ class TrainConfig:
     arch: str = "small_cnn"
     width: float = 1.0
     epochs: int = 30
+    # a small training set (a long tail) runs more epochs, to at least this many SGD steps
+    min_steps: int = 0
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9
@@ -49,6 +51,9 @@ class TrainConfig:
     loss: str = "ce"  # ce | cb-softmax | cb-sigmoid | cb-focal: the classification term
     cb_beta: float = 0.999  # effective-number beta of the class-balanced losses, in [0, 1)
     focal_gamma: float = 1.0
+    logit_adjust: float = 0.0  # tau of logit-adjusted CE (Menon et al. 2021); 0 = off
+    drs: bool = False  # deferred class-balanced re-sampling from --drs-start of the epochs
+    drs_start: float = 0.667
     m2m: bool = False  # M2m: translate majority seeds into minority samples
     m2m_g: str | None = None  # run directory of the CE classifier g; None = train it first
     m2m_start_epoch: int = 20  # class-balanced re-sampling + generation from this epoch (0-based)

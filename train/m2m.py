@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from train.augment import augment
 from train.checkpoints import load_run_classifier
+from train.drs import class_members, draw_images
 from train.errors import UserError
 
 
@@ -91,7 +91,7 @@ class MajorToMinor:
         self.generator = torch.Generator().manual_seed(seed + 7919)
         num_classes = int(labels.max()) + 1
         counts = torch.bincount(labels, minlength=num_classes)
-        self.members = [(labels == k).nonzero().view(-1) for k in range(num_classes)]
+        self.members = class_members(labels)
         self.p_generate = generation_probability(counts.tolist())  # K
         self.p_accept = acceptance_probability(counts.tolist(), settings.beta)  # K x K
         self.generated = torch.zeros(num_classes, dtype=torch.long)
@@ -99,10 +99,8 @@ class MajorToMinor:
 
     def draw(self, classes: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """One random augmented training image of each given class, on like's device."""
-        picks = [self.members[k][torch.randint(len(self.members[k]), (1,), generator=self.generator)]
-                 for k in classes.tolist()]
-        images = self.images[torch.cat(picks)].to(like.device).float().div_(255)
-        return augment(images, self.augmentation, self.generator).to(like.dtype)
+        return draw_images(self.images, self.members, classes, self.augmentation, self.generator,
+                           like)
 
     def __call__(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if epoch < self.settings.start_epoch:
