@@ -3,8 +3,11 @@
 For each imbalance ratio rho (--rhos, default 100,10) and seed s (--seeds N: 0..N-1, used as
 both --seed and --split-seed), the base --method is trained with each variant (--variants):
 `ce` (plain CE), `cb-softmax` / `cb-sigmoid` / `cb-focal` (class-balanced loss at --cb-beta)
-and `m2m` (M2m; its g is the same seed's `ce` run when that is in the study and the method
-is softmax, else it is trained first). Every `python -m train` flag applies to all runs.
+`m2m` (M2m; its g is the same seed's `ce` run when that is in the study and the method
+is softmax, else it is trained first), `la` (logit-adjusted CE, tau 1), `drs` (deferred
+class-balanced re-sampling) and `la-drs` (both). A variant may name its own method,
+`arpl:la-drs` or `softmax:cb-softmax`, so baselines train in the same study. Every
+`python -m train` flag applies to all runs; every run reports the whole detector suite.
 Writes per-run directories, `longtail.json`, a Markdown table `longtail.md` and `longtail.png`.
 """
 from __future__ import annotations
@@ -20,19 +23,23 @@ from train.cli import build_parser, parse_config
 from train.config import TrainConfig
 from train.errors import UserError
 from train.losses.class_balanced import CLASS_BALANCED
+from train.protocol import detector_table
 
-VARIANTS = ("ce", *CLASS_BALANCED, "m2m")
+VARIANTS = ("ce", *CLASS_BALANCED, "m2m", "la", "drs", "la-drs")
 FIGURES = ("balanced_acc", "many", "medium", "few", "closed_acc", "auroc", "train_seconds")
 
 
 def variant_config(base: TrainConfig, variant: str, rho: float, seed: int, out: Path,
                    g_dir: str | None) -> TrainConfig:
-    """The run of one (variant, rho, seed) cell."""
+    """The run of one (variant, rho, seed) cell; `variant` is VARIANT or METHOD:VARIANT."""
+    method, _, name = variant.rpartition(":")
     return dataclasses.replace(
-        base, imbalance=rho, seed=seed, split_seed=seed,
-        out=str(out / f"rho{rho:g}" / f"seed{seed}" / variant),
-        loss=variant if variant in CLASS_BALANCED else "ce",
-        m2m=variant == "m2m", m2m_g=g_dir if variant == "m2m" else None)
+        base, method=method or base.method, imbalance=rho, seed=seed, split_seed=seed,
+        out=str(out / f"rho{rho:g}" / f"seed{seed}" / variant.replace(":", "-")),
+        loss=name if name in CLASS_BALANCED else "ce",
+        logit_adjust=1.0 if name in ("la", "la-drs") else base.logit_adjust,
+        drs=name in ("drs", "la-drs") or base.drs,
+        m2m=name == "m2m", m2m_g=g_dir if name == "m2m" else None)
 
 
 def figures_of(metrics: dict) -> dict:
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         base, extra = parse_config(argv, parser)
         rhos = parse_list(extra["rhos"], float, "--rhos")
         variants = parse_list(extra["variants"], str, "--variants")
-        bad = [v for v in variants if v not in VARIANTS]
+        bad = [v for v in variants if v.rpartition(":")[2] not in VARIANTS]
         if bad:
             raise UserError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
         if extra["seeds"] < 1:
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:  # every cell's settings are checked before the first run
             validate(variant_config(base, variant, max(rhos), 0, out, None))
         runs: list[dict] = []
+        per_run: list[dict] = []
         for rho in rhos:
             for seed in range(extra["seeds"]):
                 ce_dir = None
@@ -153,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                     if variant == "ce":
                         ce_dir = cfg.out
                     runs.append({"rho": rho, "seed": seed, "variant": variant, **figures_of(metrics)})
+                    per_run.append({"method": f"rho {rho:g} {variant}", "split_seed": seed,
+                                    "seed": seed, "score": metrics["score"],
+                                    "scores": metrics["scores"]})
                     print(f"rho {rho:g} seed {seed} {variant}: balanced acc "
                           f"{metrics['balanced_acc']:.4f} few {runs[-1]['few']} "
                           f"({metrics['train_seconds']:.0f} s)", flush=True)
@@ -162,9 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     multiples = time_multiples(runs)
     table = markdown(summary, multiples, extra["seeds"])
+    if any(r["scores"] and next(iter(r["scores"].values()))["auroc"] is not None for r in per_run):
+        table += "\nAUROC of every detector on the same models (served score in bold):\n\n"
+        baseline = next((r["method"] for r in per_run if "softmax:" in r["method"]), None)
+        table += detector_table(per_run, baseline or "", None)
     (out / "longtail.json").write_text(json.dumps({"config": base.to_dict(), "summary": summary,
-                                                   "m2m_time_multiple": multiples, "runs": runs},
-                                                  indent=2))
+                                                   "m2m_time_multiple": multiples, "runs": runs,
+                                                   "per_run": per_run}, indent=2))
     (out / "longtail.md").write_text(table)
     plot(summary, out / "longtail.png")
     print(table)

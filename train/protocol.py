@@ -44,11 +44,14 @@ def rows_of(method: str, metrics: dict) -> dict[str, dict]:
                                      **metrics["scores"][score]} for score in scores}
 
 
-def detector_table(per_run: list[dict], baseline: str = "softmax (msp)") -> str:
-    """AUROC of every detector of the suite per method (mean +- std over all runs), and how
-    often each method's served score beats the baseline row, paired by (split, seed)."""
+def detector_table(per_run: list[dict], baseline: str = "softmax",
+                   baseline_score: str | None = "msp") -> str:
+    """AUROC of every detector of the suite per method (mean +- std over its runs), then how
+    often each method's served score beats the baseline method's `baseline_score` (its best
+    detector by mean AUROC when None), paired by (split, seed)."""
     methods = list(dict.fromkeys(r["method"] for r in per_run))
     detectors = list(dict.fromkeys(d for r in per_run for d in r["scores"]))
+    means: dict[str, dict[str, float]] = {}
     lines = ["| method (served) | " + " | ".join(detectors) + " |",
              "|---|" + "---|" * len(detectors)]
     for method in methods:
@@ -57,23 +60,30 @@ def detector_table(per_run: list[dict], baseline: str = "softmax (msp)") -> str:
         for name in detectors:
             values = np.array([r["scores"][name]["auroc"] for r in runs if name in r["scores"]
                                and r["scores"][name]["auroc"] is not None], dtype=float)
-            best = "**" if name == runs[0]["score"] else ""
-            cells.append(f"{best}{values.mean():.4f} +- {values.std(ddof=1) if len(values) > 1 else 0:.4f}"
-                         f"{best}" if len(values) else "n/a")
+            if not len(values):
+                cells.append("n/a")
+                continue
+            means.setdefault(method, {})[name] = float(values.mean())
+            bold = "**" if name == runs[0]["score"] else ""
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{bold}{values.mean():.4f} +- {std:.4f}{bold}")
         lines.append(f"| {method} ({runs[0]['score']}) | " + " | ".join(cells) + " |")
-    base = {(r["split_seed"], r["seed"]): r["scores"]["msp"]["auroc"] for r in per_run
-            if r["method"] == "softmax" and "msp" in r["scores"]}
-    notes = []
+    if baseline not in means:
+        return "\n".join(lines) + "\n"
+    score = baseline_score or max(means[baseline], key=means[baseline].get)
+    base = {(r["split_seed"], r["seed"]): r["scores"][score]["auroc"] for r in per_run
+            if r["method"] == baseline}
+    lines.append("")
     for method in methods:
         pairs = [(r["scores"][r["score"]]["auroc"], base[(r["split_seed"], r["seed"])])
-                 for r in per_run if r["method"] == method and (r["split_seed"], r["seed"]) in base
-                 and r["scores"][r["score"]]["auroc"] is not None]
-        if pairs and method != "softmax":
-            wins = sum(ours > theirs for ours, theirs in pairs)
-            notes.append(f"- {method} ({per_run[[r['method'] for r in per_run].index(method)]['score']}) "
-                         f"above {baseline} on {wins}/{len(pairs)} (split, seed) pairs, mean "
-                         f"{np.mean([o - t for o, t in pairs]):+.4f}")
-    return "\n".join(lines + [""] + notes) + "\n"
+                 for r in per_run if r["method"] == method and (r["split_seed"], r["seed"]) in base]
+        if method == baseline or not pairs:
+            continue
+        served = next(r["score"] for r in per_run if r["method"] == method)
+        wins = sum(ours > theirs for ours, theirs in pairs)
+        lines.append(f"- {method} ({served}) above {baseline} ({score}) on {wins}/{len(pairs)} "
+                     f"(split, seed) pairs, mean {np.mean([o - t for o, t in pairs]):+.4f}")
+    return "\n".join(lines) + "\n"
 
 
 def fmt(value: float | None) -> str:
