@@ -3,6 +3,9 @@
 Only Conv / Gemm / MatMul are quantized (QDQ, per-channel int8 weights, uint8 activations,
 calibrated on the run's training images); the reciprocal-point distances and scores stay in
 float, so the unknown score is not computed from 8-bit differences of large squared norms.
+Post-hoc detector nodes (exported from the `detector` submodule, node names containing
+"/detector/", e.g. the k-NN MatMul against the feature bank before TopK) stay float too: a
+k-th-nearest cosine similarity is a small difference between values close to 1.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from handlers.contract import load_model
 from train.datasets import load_dataset
 from train.metrics import auroc, closed_set_accuracy
 from train.splits import open_set_split
+
+
+DETECTOR_SCOPE = "/detector/"  # torch.onnx names nodes by module path: /classifier/detector/...
 
 
 class _Batches(CalibrationDataReader):
@@ -83,16 +89,23 @@ def throughput(paths: dict[str, Path], images: np.ndarray, threads: int = 2, rou
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def detector_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes exported from a post-hoc detector (kept in float)."""
+    return [node.name for node in model.graph.node if DETECTOR_SCOPE in node.name]
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
-    """QDQ static quantization of Conv/Gemm/MatMul; the contract metadata is carried over."""
+    """QDQ static quantization of Conv/Gemm/MatMul outside the detector; the contract metadata
+    is carried over."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        excluded = detector_nodes(onnx.load(str(prepared)))  # names as pre-processing left them
         quantize_static(str(prepared), str(int8_path), _Batches(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-                        calibrate_method=CalibrationMethod.MinMax)
+                        nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax)
     source = onnx.load(str(fp32_path))
     quantized = onnx.load(str(int8_path))
     del quantized.metadata_props[:]
@@ -100,5 +113,5 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
         quantized.metadata_props.add(key=prop.key, value=prop.value)
     quantized.metadata_props.add(key="quantization", value=json.dumps(
         {"type": "static int8 QDQ", "ops": ["Conv", "Gemm", "MatMul"],
-         "calibration_images": int(len(calibration))}))
+         "float_nodes": excluded, "calibration_images": int(len(calibration))}))
     onnx.save(quantized, str(int8_path))

@@ -4,8 +4,9 @@ Offline scoring with the serving predictor (no server), or `--server URL` to sco
 running TorchServe with multi-image requests. INPUT is an image folder (recursive), an .npz
 with `x` (N x H x W, N x H x W x C or N x C x H x W; uint8 or floats in [0, 1]), or a text
 file listing one image path per line. One output row per image; an unreadable image gets a
-row with `error` set and is counted, never stopping the run. Memory stays bounded by the batch
-size for folders and lists (an .npz array is loaded whole, as numpy does).
+row with `error` set and is counted, never stopping the run. `reciprocal_score` is filled for
+reciprocal-point models and empty (JSONL: null) for models without it. Memory stays bounded by
+the batch size for folders and lists (an .npz array is loaded whole, as numpy does).
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from tqdm import tqdm
 from handlers.decode import LUMA, MAX_IMAGES_PER_REQUEST, InputError, Shape, decode_image_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-COLUMNS = ("id", "label", "known", "unknown_score", "predicted_class", "class_index", "top_k",
-           "error")
+COLUMNS = ("id", "label", "known", "unknown_score", "reciprocal_score", "predicted_class",
+           "class_index", "top_k", "error")
 
 
 class BatchScoreError(Exception):
@@ -146,15 +147,16 @@ class RowWriter:
             self.csv.writerow(COLUMNS)
 
     def write(self, image_id: str, result: tuple | None, error: str | None) -> None:
-        """result: (label, known, unknown_score, predicted_class, class_index, [(label, p)])."""
+        """result: (label, known, unknown_score, reciprocal_score or None, predicted_class,
+        class_index, [(label, p)])."""
         if self.jsonl:
-            values = result or (None,) * 6
+            values = result or (None,) * 7
             self.file.write(json.dumps(dict(zip(COLUMNS, (image_id, *values, error or "")))) + "\n")
         elif result:
-            top = ";".join(f"{label}:{p:.6f}" for label, p in result[5])
-            self.csv.writerow((image_id, *result[:5], top, error or ""))
+            top = ";".join(f"{label}:{p:.6f}" for label, p in result[6])
+            self.csv.writerow((image_id, *result[:6], top, error or ""))  # None -> empty cell
         else:
-            self.csv.writerow((image_id, "", "", "", "", "", "", error or ""))
+            self.csv.writerow((image_id, *[""] * 7, error or ""))
 
     def close(self) -> None:
         self.file.close()
@@ -162,21 +164,24 @@ class RowWriter:
 
 def local_results(predictor, pixels: np.ndarray) -> list[tuple]:
     """Row tuples for a batch, vectorised where it counts (the offline hot path)."""
-    logits, scores = predictor.run(pixels)
+    logits, scores, reciprocal = predictor.run(pixels)
     top, top_p = predictor.top_classes(logits)
     known = scores <= predictor.info.threshold
     names = predictor.info.class_names
-    return [(names[t[0]] if k else "unknown", bool(k), float(s), names[t[0]], int(t[0]),
-             [(names[i], float(p)) for i, p in zip(t, tp)])
-            for k, s, t, tp in zip(known, scores, top.tolist(), top_p.tolist())]
+    reciprocal = [None] * len(scores) if reciprocal is None else reciprocal.tolist()
+    return [(names[t[0]] if k else "unknown", bool(k), s, r, names[t[0]], t[0],
+             [(names[i], p) for i, p in zip(t, tp)])
+            for k, s, r, t, tp in zip(known, scores.tolist(), reciprocal, top.tolist(),
+                                      top_p.tolist())]
 
 
 def from_answer(answer: dict | str) -> tuple | str:
     """A server answer (or error text) as a row tuple."""
     if isinstance(answer, str):
         return answer
-    return (answer["label"], answer["known"], answer["unknown_score"], answer["predicted_class"],
-            answer["class_index"], [(p["label"], p["probability"]) for p in answer["probabilities"]])
+    return (answer["label"], answer["known"], answer["unknown_score"],
+            answer.get("reciprocal_score"), answer["predicted_class"], answer["class_index"],
+            [(p["label"], p["probability"]) for p in answer["probabilities"]])
 
 
 class RemoteScorer:

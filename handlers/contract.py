@@ -1,10 +1,13 @@
 """Load a contract .onnx file and check it is one, before anything is served from it.
 
-The contract (DESIGN.md): input `images` float32 [batch, C, H, W] in [0, 1]; outputs `logits`
-[batch, K] and `unknown_score` [batch] (and `distances` [batch, K] for reciprocal-point
-models); metadata_props with the class names, input spec, method, calibrated threshold,
-metrics and version, as JSON strings. A file that breaks any of this is refused with a
-message that names the problem.
+The contract (DESIGN.md): input `images` float32 [batch, C, H, W] in [0, 1]; outputs, in this
+order, `logits` [batch, K], `unknown_score` [batch] (the score that decides `known`, possibly
+from a post-hoc detector inside the graph), and for reciprocal-point models
+`reciprocal_score` [batch] (the reciprocal-distance score, served next to the deciding one) and
+`distances` [batch, K]; metadata_props with the class names, input spec, method, the deciding
+`score`'s name, calibrated threshold, metrics and version (optionally `score_selection`: how
+the deciding score was chosen), as JSON strings. A file that breaks any of this is refused
+with a message that names the problem.
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ import onnxruntime as ort
 CONTRACT_VERSION = "1"
 REQUIRED_METADATA = ("contract_version", "class_names", "input_spec", "method", "score",
                      "threshold", "metrics", "model_version")
-OPTIONAL_METADATA = ("temperature", "model_spec", "source_run", "exported_at", "quantization")
+OPTIONAL_METADATA = ("temperature", "model_spec", "source_run", "exported_at", "quantization",
+                     "score_selection")
+# output name -> rank, in contract order; the first two are required
+OUTPUT_RANKS = {"logits": 2, "unknown_score": 1, "reciprocal_score": 1, "distances": 2}
 
 
 class ModelFileError(ValueError):
@@ -39,6 +45,7 @@ class ModelInfo:
     model_version: str
     output_names: tuple[str, ...]
     temperature: float  # probabilities = softmax(logits / temperature), as in training
+    score_selection: dict | str | None = None  # how the deciding `score` was chosen, if said
 
 
 def default_providers() -> list[str]:
@@ -86,19 +93,19 @@ def _check_io(session: ort.InferenceSession, meta: dict, path: Path) -> tuple[st
         raise ModelFileError(f"{path}: input shape {inputs[0].shape} disagrees with "
                              f"input_spec {spec}")
     outputs = {o.name: o for o in session.get_outputs()}
-    rank = {"logits": 2, "unknown_score": 1, "distances": 2}
     for name in ("logits", "unknown_score"):
         if name not in outputs:
             raise ModelFileError(f"{path}: output {name!r} missing (found {sorted(outputs)})")
     for name, output in outputs.items():
-        if name in rank and (len(output.shape) != rank[name] or output.type != "tensor(float)"):
+        rank = OUTPUT_RANKS.get(name)
+        if rank and (len(output.shape) != rank or output.type != "tensor(float)"):
             raise ModelFileError(f"{path}: output {name!r} is {output.type} {output.shape}, "
-                                 f"expected float32 of rank {rank[name]}")
+                                 f"expected float32 of rank {rank}")
     num_classes = outputs["logits"].shape[1]
     if isinstance(num_classes, int) and num_classes != len(meta["class_names"]):
         raise ModelFileError(f"{path}: logits have {num_classes} classes but metadata names "
                              f"{len(meta['class_names'])}")
-    return tuple(name for name in ("logits", "unknown_score", "distances") if name in outputs)
+    return tuple(name for name in OUTPUT_RANKS if name in outputs)
 
 
 def load_model(path: str | Path, providers: list[str] | None = None,
@@ -130,9 +137,13 @@ def load_model(path: str | Path, providers: list[str] | None = None,
             metrics=dict(meta["metrics"]), model_version=str(meta["model_version"]),
             output_names=output_names,
             temperature=float(meta.get("temperature", 1.0)),
+            score_selection=meta.get("score_selection"),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"{path}: malformed metadata ({type(exc).__name__}: {exc})") from None
+    if info.score_selection is not None and not isinstance(info.score_selection, (dict, str)):
+        raise ModelFileError(f"{path}: metadata score_selection must be a JSON object or string, "
+                             f"got {type(info.score_selection).__name__}")
     if not math.isfinite(info.threshold):
         raise ModelFileError(f"{path}: threshold {info.threshold} is not a finite number")
     if not (math.isfinite(info.temperature) and info.temperature > 0):

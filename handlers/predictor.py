@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,6 +20,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+class Outputs(NamedTuple):
+    """One batch's contract outputs: logits N x K, unknown_score N (decides `known`) and, for
+    reciprocal-point models, reciprocal_score N (None for models without it)."""
+    logits: np.ndarray
+    unknown_score: np.ndarray
+    reciprocal_score: np.ndarray | None
+
+
 class Predictor:
     """Loads a contract .onnx (refusing a bad one) and answers decoded requests in batches."""
 
@@ -28,11 +37,14 @@ class Predictor:
         self.shape = Shape(self.info.channels, self.info.height, self.info.width)
         self.name = name or Path(model_path).stem
         self.top_k = max(1, min(top_k, len(self.info.class_names)))
+        self.has_reciprocal = "reciprocal_score" in self.info.output_names
+        self._fetch = ["logits", "unknown_score"] + (["reciprocal_score"] if self.has_reciprocal
+                                                     else [])
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """images N x C x H x W float32 in [0, 1] -> (logits N x K, unknown_score N)."""
-        logits, scores = self.session.run(["logits", "unknown_score"], {"images": images})
-        return logits, scores
+    def run(self, images: np.ndarray) -> Outputs:
+        """images N x C x H x W float32 in [0, 1] -> the contract outputs the answers use."""
+        fetched = self.session.run(self._fetch, {"images": images})
+        return Outputs(fetched[0], fetched[1], fetched[2] if self.has_reciprocal else None)
 
     def top_classes(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class indices, probabilities) of the top-k classes, each N x k, best first."""
@@ -40,29 +52,35 @@ class Predictor:
         top = np.argsort(-probabilities, axis=1)[:, :self.top_k]
         return top, np.take_along_axis(probabilities, top, axis=1)
 
-    def answers(self, logits: np.ndarray, scores: np.ndarray,
-                thresholds: list[float | None] | None = None) -> list[dict]:
-        """Per-image responses (DESIGN.md REST contract), vectorised over the batch."""
-        top, top_p = self.top_classes(logits)
-        names, model = self.info.class_names, {"name": self.name, "version": self.info.model_version,
-                                               "method": self.info.method}
+    def answers(self, outputs: Outputs, thresholds: list[float | None] | None = None) -> list[dict]:
+        """Per-image responses (DESIGN.md REST contract), vectorised over the batch.
+        `reciprocal_score` is there only for models that have it (reciprocal-point heads)."""
+        top, top_p = self.top_classes(outputs.logits)
+        names = self.info.class_names
+        model = {"name": self.name, "version": self.info.model_version,
+                 "method": self.info.method, "score": self.info.score}
+        scores = outputs.unknown_score.tolist()
+        reciprocal = None if outputs.reciprocal_score is None else outputs.reciprocal_score.tolist()
         rows = []
-        for i in range(len(scores)):
+        for i, (classes, probabilities) in enumerate(zip(top.tolist(), top_p.tolist())):
             threshold = self.info.threshold if not thresholds or thresholds[i] is None \
                 else thresholds[i]
-            known = bool(scores[i] <= threshold)
-            best = int(top[i, 0])
-            rows.append({
+            known = bool(outputs.unknown_score[i] <= threshold)  # float32 compare, as batch_score
+            best = classes[0]
+            row = {
                 "label": names[best] if known else "unknown",
                 "known": known,
                 "predicted_class": names[best],
                 "class_index": best,
-                "unknown_score": float(scores[i]),
-                "threshold": float(threshold),
-                "probabilities": [{"label": names[int(k)], "probability": float(p)}
-                                  for k, p in zip(top[i], top_p[i])],
-                "model": model,
-            })
+                "unknown_score": scores[i],
+            }
+            if reciprocal is not None:
+                row["reciprocal_score"] = reciprocal[i]
+            row.update(threshold=float(threshold),
+                       probabilities=[{"label": names[k], "probability": p}
+                                      for k, p in zip(classes, probabilities)],
+                       model=model)
+            rows.append(row)
         return rows
 
     def decode(self, body: object, threshold: object = None) -> tuple[list[DecodedImage], bool]:
@@ -83,8 +101,8 @@ class Predictor:
         images = [image for item in decoded if not isinstance(item, InputError) for image in item[0]]
         decoded_at = time.perf_counter()
         if images:
-            logits, scores = self.run(np.stack([image.pixels for image in images]))
-            rows = self.answers(logits, scores, [image.threshold for image in images])
+            outputs = self.run(np.stack([image.pixels for image in images]))
+            rows = self.answers(outputs, [image.threshold for image in images])
         answers: list[dict | list | InputError] = []
         cursor = 0
         for item in decoded:

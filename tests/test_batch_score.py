@@ -3,11 +3,17 @@ import csv
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from handlers.batch_score import COLUMNS, main
 from handlers.predictor import Predictor
+
+
+def onnx_output(path, name: str, pixels: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([name], {"images": pixels})[0]
 
 
 def write_png(path, value):
@@ -38,12 +44,15 @@ def test_folder_with_corrupt_file_is_scored_and_reported(runs, folder, tmp_path,
     assert len(broken) == 1 and "neither an image" in broken[0]["error"] and broken[0]["label"] == ""
     good = [r for r in rows if not r["error"]]
     assert len(good) == 6 and all(r["known"] in ("True", "False") for r in good)
-    # the scores equal the predictor's own on the same image
+    # the scores equal the predictor's own on the same image, and onnxruntime's own output
     predictor = Predictor(model)
     pixels = np.full((1, 1, 8, 8), 255, np.float32) / 255
-    expected = predictor.run(pixels)[1][0]
+    expected = predictor.run(pixels).unknown_score[0]
     nested = [r for r in rows if r["id"].endswith("nested.png")][0]
     assert float(nested["unknown_score"]) == pytest.approx(float(expected), abs=1e-5)
+    [reciprocal] = onnx_output(model, "reciprocal_score", pixels)
+    assert float(nested["reciprocal_score"]) == pytest.approx(float(reciprocal), abs=1e-5)
+    assert broken[0]["reciprocal_score"] == ""
 
 
 def test_npz_to_jsonl(runs, tmp_path, capsys):
@@ -57,6 +66,23 @@ def test_npz_to_jsonl(runs, tmp_path, capsys):
     assert set(rows[0]) == set(COLUMNS)
     assert isinstance(rows[0]["top_k"], list) and rows[0]["error"] == ""
     assert json.loads(capsys.readouterr().out)["images"] == 10
+    pixels = (x / 255).astype(np.float32)[:, None]
+    expected = onnx_output(runs["rpl"][1], "reciprocal_score", pixels)
+    assert [r["reciprocal_score"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert list(rows[0])[3:5] == ["unknown_score", "reciprocal_score"]
+
+
+def test_softmax_rows_have_an_empty_reciprocal_score(runs, folder, tmp_path, capsys):
+    for suffix in (".csv", ".jsonl"):
+        out = tmp_path / f"s{suffix}"
+        assert main([str(folder), "--model", str(runs["softmax"][1]), "--out", str(out),
+                     "--quiet"]) == 0
+        rows = list(csv.DictReader(out.open())) if suffix == ".csv" else \
+            [json.loads(line) for line in out.read_text().splitlines()]
+        good = [r for r in rows if not r["error"]]
+        assert len(rows) == 7 and len(good) == 6
+        assert all(r["reciprocal_score"] == ("" if suffix == ".csv" else None) for r in rows)
+        assert all(r["unknown_score"] not in ("", None) for r in good)
 
 
 @pytest.mark.parametrize("make_input,message", [

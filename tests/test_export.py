@@ -26,8 +26,9 @@ def test_parity_below_1e4_for_every_method(runs, method):
     got = session.run(list(info.output_names), {"images": images.numpy()})
     for ours, theirs in zip(got, expected):
         assert np.abs(ours - theirs.numpy()).max() < 1e-4
-    expected = ["logits", "unknown_score"] + (["distances"] if method != "softmax" else [])
-    assert report["outputs"] == expected
+    expected = ["logits", "unknown_score"] + (["reciprocal_score", "distances"]
+                                              if method != "softmax" else [])
+    assert report["outputs"] == expected and list(info.output_names) == expected
 
 
 @pytest.mark.parametrize("method", ["softmax", "arpl"])
@@ -37,7 +38,10 @@ def test_metadata_reads_back_as_written(runs, method):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert info.class_names == tuple(metrics["known_classes"])
     assert (info.channels, info.height, info.width) == (1, 8, 8)
-    assert info.method == method and info.score == "mls" and info.model_version == "7"
+    assert info.method == method and info.model_version == "7"
+    assert info.score == metrics["score"]  # the deciding score (detector or head score)
+    assert info.score_selection["unknown_score"] == info.score
+    assert info.score_selection["head_score"] == metrics["head_score"]
     assert info.threshold == pytest.approx(metrics["threshold"])
     assert "95%" in info.threshold_rule
     assert info.metrics["auroc"] == pytest.approx(metrics["auroc"])
@@ -49,9 +53,13 @@ def test_dynamic_batch_sizes(runs, batch):
     _, path, _ = runs["arpl"]
     session, info = load_model(path)
     images = np.random.default_rng(batch).random((batch, 1, 8, 8), dtype=np.float32)
-    logits, score, distances = session.run(list(info.output_names), {"images": images})
+    logits, score, reciprocal, distances = session.run(list(info.output_names), {"images": images})
     assert logits.shape == (batch, 6) and score.shape == (batch,) and distances.shape == (batch, 6)
-    assert np.allclose(score, -logits.max(1), atol=1e-5)  # served score: -max logit
+    assert reciprocal.shape == (batch,)
+    assert np.allclose(reciprocal, -logits.max(1), atol=1e-5)  # the head's score: -max logit
+    singles = [session.run(["unknown_score"], {"images": images[i:i + 1]})[0][0]
+               for i in range(batch)]
+    assert np.allclose(score, singles, atol=1e-5)  # the deciding score, whichever detector
 
 
 def test_export_cli_writes_report_and_rejects_non_runs(runs, tmp_path, capsys):
@@ -110,8 +118,10 @@ def test_file_without_metadata_is_rejected(runs, tmp_path):
 
 
 def _graph_with_outputs(outputs, metadata):
-    node = helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[2, 3], keepdims=0)
-    nodes = [node] + [helper.make_node("Identity", ["pooled"], [name]) for name, _ in outputs]
+    node = helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[2, 3], keepdims=0)  # b x 1
+    flat = helper.make_node("ReduceMean", ["images"], ["flat"], axes=[1, 2, 3], keepdims=0)  # b
+    nodes = [node, flat] + [helper.make_node("Identity", ["flat" if len(shape) == 1 else "pooled"],
+                                             [name]) for name, shape in outputs]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 1, 8, 8])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs])
@@ -131,6 +141,50 @@ def test_outputs_that_break_the_contract_are_rejected(runs, tmp_path):
               str(tmp_path / "b.onnx"))
     with pytest.raises(ModelFileError, match="output 'unknown_score' is .* expected float32 of rank 1"):
         load_model(tmp_path / "b.onnx")
+
+
+def test_reciprocal_score_output_is_checked_and_ordered(runs, tmp_path):
+    metadata = {p.key: p.value for p in onnx.load(str(runs["softmax"][1])).metadata_props}
+    ok = [("logits", ["b", 1]), ("unknown_score", ["b"])]
+    onnx.save(_graph_with_outputs([*ok, ("reciprocal_score", ["b", 1])], metadata),
+              str(tmp_path / "rank.onnx"))
+    with pytest.raises(ModelFileError,
+                       match="output 'reciprocal_score' is .* expected float32 of rank 1"):
+        load_model(tmp_path / "rank.onnx")
+    # outputs listed out of contract order still come back in contract order
+    one_class = dict(metadata, class_names=json.dumps(["a"]))  # the graph's logits are b x 1
+    onnx.save(_graph_with_outputs([("distances", ["b", 1]), ("reciprocal_score", ["b"]), *ok],
+                                  one_class), str(tmp_path / "order.onnx"))
+    _, info = load_model(tmp_path / "order.onnx")
+    assert info.output_names == ("logits", "unknown_score", "reciprocal_score", "distances")
+
+
+def test_reciprocal_score_of_the_wrong_type_is_refused(runs, tmp_path):
+    metadata = {p.key: p.value for p in onnx.load(str(runs["softmax"][1])).metadata_props}
+    model = _graph_with_outputs([("logits", ["b", 1]), ("unknown_score", ["b"])], metadata)
+    model.graph.node.append(helper.make_node("Cast", ["unknown_score"], ["reciprocal_score"],
+                                             to=TensorProto.DOUBLE))
+    model.graph.output.append(helper.make_tensor_value_info("reciprocal_score",
+                                                            TensorProto.DOUBLE, ["b"]))
+    onnx.save(model, str(tmp_path / "double.onnx"))
+    with pytest.raises(ModelFileError, match=r"output 'reciprocal_score' is tensor\(double\)"):
+        load_model(tmp_path / "double.onnx")
+
+
+def test_score_selection_metadata_is_optional_and_read(runs, tmp_path):
+    proto = onnx.load(str(runs["arpl"][1]))
+    [written] = [p for p in proto.metadata_props if p.key == "score_selection"]
+    assert load_model(runs["arpl"][1])[1].score_selection == json.loads(written.value)
+    written.value = json.dumps("k-NN, picked by hand")  # a plain JSON string is allowed
+    onnx.save(proto, str(tmp_path / "s.onnx"))
+    assert load_model(tmp_path / "s.onnx")[1].score_selection == "k-NN, picked by hand"
+    written.value = "[1, 2]"
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelFileError, match="score_selection must be a JSON object or string"):
+        load_model(tmp_path / "bad.onnx")
+    proto.metadata_props.remove(written)  # optional: files without it still load
+    onnx.save(proto, str(tmp_path / "none.onnx"))
+    assert load_model(tmp_path / "none.onnx")[1].score_selection is None
 
 
 def test_broken_metadata_json_is_rejected(runs, tmp_path):
@@ -156,3 +210,48 @@ def test_fixed_batch_and_nan_threshold_are_refused(runs, tmp_path):
     onnx.save(proto, str(tmp_path / "nan.onnx"))
     with pytest.raises(ModelFileError, match="not a finite number"):
         load_model(tmp_path / "nan.onnx")
+
+
+def test_int8_keeps_the_detector_in_float(tmp_path):
+    """The k-NN detector's MatMul against its feature bank and its TopK are not quantized."""
+    import torch
+    from onnx import numpy_helper
+
+    from export.quantize import quantize_int8
+    from models import ModelSpec, build_classifier
+    from models.export_wrapper import ContractModel
+
+    spec = ModelSpec(arch="small_cnn", in_channels=1, num_classes=3, head="reciprocal", width=0.25,
+                     points_per_class=4, feature_scale=8.0, detector="knn", knn_k=1, bank_size=16)
+    classifier = build_classifier(spec).eval()
+    embed_dim = classifier.backbone.embed_dim
+    classifier.detector.fit({"embedding": torch.randn(40, embed_dim)}, torch.arange(40) % 3, {}, 0)
+    model = ContractModel(classifier).eval()
+    names = model.output_names
+    torch.onnx.export(model, (torch.rand(2, 1, 8, 8),), str(tmp_path / "knn.onnx"),
+                      input_names=["images"], output_names=names,
+                      dynamic_axes={n: {0: "batch"} for n in ["images", *names]},
+                      opset_version=17, dynamo=False)
+    calibration = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+    quantize_int8(tmp_path / "knn.onnx", tmp_path / "knn.int8.onnx", calibration)
+
+    graph = onnx.load(str(tmp_path / "knn.int8.onnx")).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    by_name = {node.name: node for node in graph.node}
+    detector_matmul = by_name["/classifier/detector/MatMul"]
+    assert not any(producer.get(i) == "DequantizeLinear" for i in detector_matmul.input)
+    assert by_name["/classifier/detector/TopK"].input[0] == detector_matmul.output[0]
+    bank = [numpy_helper.to_array(initializers[i]) for i in detector_matmul.input
+            if i in initializers]
+    assert len(bank) == 1 and bank[0].dtype == np.float32
+    assert np.array_equal(bank[0], classifier.detector.bank.numpy().T)  # the bank, untouched
+    # the backbone and the head are still quantized
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert convs and all(producer.get(node.input[1]) == "DequantizeLinear" for node in convs)
+    head_matmul = by_name["/classifier/head/MatMul"]
+    assert all(producer.get(i) == "DequantizeLinear" for i in head_matmul.input)
+    quantization = json.loads({p.key: p.value for p in onnx.load(
+        str(tmp_path / "knn.int8.onnx")).metadata_props}["quantization"])
+    assert "/classifier/detector/MatMul" in quantization["float_nodes"]
+    assert all("/detector/" in name for name in quantization["float_nodes"])

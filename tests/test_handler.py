@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -71,6 +72,15 @@ def test_batch_with_one_bad_request(model_dir):
     assert context.metrics.counters["OpenSetBadRequests"] == 1
     unknown = sum(not a["known"] for a in [out[0], out[2], *out[3]])
     assert context.metrics.counters["OpenSetUnknownPredictions"] == unknown
+    # the arpl model's reciprocal-point score travels next to the deciding one
+    session = ort.InferenceSession(str(model_dir / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    pixels = np.stack([np.full((1, 8, 8), 10 / 255), np.zeros((1, 8, 8)), np.ones((1, 8, 8))])
+    reciprocal, deciding = session.run(["reciprocal_score", "unknown_score"],
+                                       {"images": pixels.astype(np.float32)})
+    served = [out[0], out[3][0], out[3][1]]
+    assert [a["reciprocal_score"] for a in served] == pytest.approx(reciprocal.tolist(), rel=1e-5)
+    assert [a["unknown_score"] for a in served] == pytest.approx(deciding.tolist(), rel=1e-5)
 
 
 def test_refused_model_answers_503_instead_of_crashing(tmp_path, caplog):

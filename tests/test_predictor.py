@@ -4,6 +4,7 @@ import io
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -22,6 +23,17 @@ def png(array: np.ndarray, mode: str = "L") -> bytes:
 @pytest.fixture(scope="module")
 def predictor(runs):
     return Predictor(runs["arpl"][1], name="digits")
+
+
+def onnx_output(path, name: str, pixels: np.ndarray) -> np.ndarray:
+    """One output of the .onnx, straight from onnxruntime (independent of the predictor)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([name], {"images": pixels.astype(np.float32)})[0]
+
+
+def onnx_metadata(path) -> dict:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 
 
 def test_png_bytes_decode_to_unit_range():
@@ -90,7 +102,30 @@ def test_answers_follow_the_contract(predictor, runs):
     probabilities = [p["probability"] for p in answer["probabilities"]]
     assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
     assert answer["probabilities"][0]["label"] == answer["predicted_class"]
-    assert answer["model"] == {"name": "digits", "version": "7", "method": "arpl"}
+    assert answer["model"] == {"name": "digits", "version": "7", "method": "arpl",
+                               "score": onnx_metadata(runs["arpl"][1])["score"]}
+    expected = onnx_output(runs["arpl"][1], "reciprocal_score", np.zeros((1, 1, 8, 8)))
+    assert answer["reciprocal_score"] == pytest.approx(float(expected[0]), rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("method", ["rpl", "arpl"])
+def test_reciprocal_point_answers_carry_the_onnx_reciprocal_score(runs, method):
+    pixels = np.random.default_rng(1).random((4, 1, 8, 8), dtype=np.float32)
+    body = json.dumps([{"pixels": image[0].tolist()} for image in pixels]).encode()
+    [answers] = Predictor(runs[method][1]).predict_requests([(body, None)])
+    expected = onnx_output(runs[method][1], "reciprocal_score", pixels)
+    deciding = onnx_output(runs[method][1], "unknown_score", pixels)
+    assert [a["reciprocal_score"] for a in answers] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert [a["unknown_score"] for a in answers] == pytest.approx(deciding.tolist(), rel=1e-5)
+    assert all(a["model"]["method"] == method for a in answers)
+
+
+def test_softmax_answers_have_no_reciprocal_score(runs):
+    predictor = Predictor(runs["softmax"][1])
+    [answer] = predictor.predict_requests([(png(np.zeros((8, 8), np.uint8)), None)])
+    assert "reciprocal_score" not in answer and "unknown_score" in answer
+    assert answer["model"]["score"] == onnx_metadata(runs["softmax"][1])["score"]
+    assert predictor.run(np.zeros((2, 1, 8, 8), np.float32)).reciprocal_score is None
 
 
 def test_batch_answers_each_request_and_isolates_errors(predictor):
@@ -108,9 +143,11 @@ def test_batch_answers_each_request_and_isolates_errors(predictor):
 def test_batched_scores_equal_single_scores(predictor):
     rng = np.random.default_rng(0)
     images = rng.random((5, 1, 8, 8), dtype=np.float32)
-    _, batched = predictor.run(images)
-    singles = [predictor.run(images[i:i + 1])[1][0] for i in range(5)]
-    assert np.allclose(batched, singles, atol=1e-5)
+    batched = predictor.run(images)
+    singles = [predictor.run(images[i:i + 1]) for i in range(5)]
+    assert np.allclose(batched.unknown_score, [s.unknown_score[0] for s in singles], atol=1e-5)
+    assert np.allclose(batched.reciprocal_score, [s.reciprocal_score[0] for s in singles],
+                       atol=1e-5)
 
 
 def test_damaged_png_is_a_client_error():

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -106,12 +107,22 @@ def digits_png(classes, count: int) -> list[bytes]:
 
 
 def test_known_digit_gets_the_contract_fields(server):
-    status, answer = call(server, digits_png(KNOWN, 1)[0], "image/png")
+    png = digits_png(KNOWN, 1)[0]
+    status, answer = call(server, png, "image/png")
     assert status == 200
-    assert {"label", "known", "class_index", "unknown_score", "threshold", "probabilities",
-            "model"} <= set(answer)
+    assert {"label", "known", "class_index", "unknown_score", "reciprocal_score", "threshold",
+            "probabilities", "model"} <= set(answer)
     assert answer["model"]["name"] == MODEL and answer["model"]["method"] == "arpl"
     assert answer["label"] in [str(k) for k in KNOWN] + ["unknown"]
+    # both scores are the served .onnx's own outputs on these pixels
+    session = ort.InferenceSession(str(server["workdir"] / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    pixels = (np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255)[None, None]
+    reciprocal, deciding = session.run(["reciprocal_score", "unknown_score"], {"images": pixels})
+    assert answer["reciprocal_score"] == pytest.approx(float(reciprocal[0]), abs=1e-5)
+    assert answer["unknown_score"] == pytest.approx(float(deciding[0]), abs=1e-5)
+    assert answer["model"]["score"] == json.loads(
+        session.get_modelmeta().custom_metadata_map["score"])
 
 
 def test_unknown_digits_score_higher_than_known_ones(server):
@@ -211,6 +222,7 @@ def test_batch_scorer_remote_mode_matches_local(server, tmp_path, runs):
         assert mine["id"] == theirs["id"] and mine["label"] == theirs["label"]
         if not mine["error"]:
             assert abs(mine["unknown_score"] - theirs["unknown_score"]) < 1e-4
+            assert abs(mine["reciprocal_score"] - theirs["reciprocal_score"]) < 1e-4
 
 
 def test_batch_scorer_reports_an_unreachable_server(tmp_path, runs):
