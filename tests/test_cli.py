@@ -31,13 +31,23 @@ def test_tiny_run_writes_a_complete_run_directory(tmp_path):
     assert config["method"] == "arpl" and config["epochs"] == 2
 
 
-def test_softmax_run_reports_msp_and_mls(tmp_path):
+def test_softmax_run_reports_the_detector_suite(tmp_path):
     out = tmp_path / "run"
     assert main(["--method", "softmax", "--dataset", "digits", "--epochs", "1", "--width", "0.25",
                  "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["scores"]) == {"msp", "mls"}
-    assert metrics["auroc"] == metrics["scores"]["mls"]["auroc"]  # MLS is served by default
+    assert set(metrics["scores"]) == {"msp", "mls", "energy", "knn", "mahalanobis", "vim", "fusion"}
+    assert metrics["score"] == "knn"  # the default served detector
+    assert metrics["auroc"] == metrics["scores"]["knn"]["auroc"]
+    assert metrics["knn_sweep"][f"k1_bank{metrics['bank_size']}"] == metrics["auroc"]
+
+
+def test_detector_none_serves_the_head_score(tmp_path):
+    out = tmp_path / "run"
+    assert main(["--method", "softmax", "--dataset", "digits", "--epochs", "1", "--width", "0.25",
+                 "--detector", "none", "--score", "msp", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["score"] == "msp" and metrics["auroc"] == metrics["scores"]["msp"]["auroc"]
 
 
 def run_cli(*args, cwd):
@@ -126,12 +136,31 @@ def test_tiny_protocol_writes_the_table(tmp_path):
     assert protocol_main(["--dataset", "digits", "--splits", "2", "--epochs", "1", "--width",
                           "0.25", "--batch-size", "128", "--out", str(out)]) == 0
     table = (out / "protocol.md").read_text()
-    for row in ("softmax (msp)", "softmax (mls)", "rpl (mls)", "arpl (mls)"):
+    for row in ("softmax (msp)", "softmax (mls)", "softmax (knn)", "rpl (knn)", "arpl (knn)"):
         assert f"| {row} |" in table
-    summary = json.loads((out / "protocol.json").read_text())["summary"]
-    aurocs = summary["arpl (mls)"]["auroc"]["values"]
-    assert len(aurocs) == 2 and summary["arpl (mls)"]["auroc"]["mean"] == pytest.approx(np.mean(aurocs))
+    saved = json.loads((out / "protocol.json").read_text())
+    summary = saved["summary"]
+    aurocs = summary["arpl (knn)"]["auroc"]["values"]
+    assert len(aurocs) == 2 and summary["arpl (knn)"]["auroc"]["mean"] == pytest.approx(np.mean(aurocs))
     assert (out / "protocol.png").is_file() and (out / "split1" / "rpl" / "metrics.json").is_file()
+    # the detector table: every suite detector, and the paired count recomputed from the runs
+    assert "| method (served) | msp | mls | energy | knn | mahalanobis | vim | fusion |" in table
+    runs = {(r["method"], r["split_seed"]): r["scores"] for r in saved["per_run"]}
+    wins = sum(runs[("arpl", s)]["knn"]["auroc"] > runs[("softmax", s)]["msp"]["auroc"] for s in (0, 1))
+    assert f"- arpl (knn) above softmax (msp) on {wins}/2 (split, seed) pairs" in table
+
+
+def test_protocol_with_two_training_seeds(tmp_path):
+    from train.protocol import main as protocol_main
+
+    out = tmp_path / "seeds"
+    assert protocol_main(["--dataset", "digits", "--splits", "1", "--epochs", "1", "--width",
+                          "0.25", "--batch-size", "128", "--methods", "softmax",
+                          "--train-seeds", "0,3", "--out", str(out)]) == 0
+    runs = json.loads((out / "protocol.json").read_text())["runs"]["softmax (msp)"]
+    assert [r["seed"] for r in runs] == [0, 3]
+    assert (out / "seed3" / "split0" / "softmax" / "metrics.json").is_file()
+    assert protocol_main(["--train-seeds", "0,x", "--out", str(out)]) == 2
 
 
 def test_closed_set_protocol_with_sla_rows_and_resume(tmp_path, capsys):
@@ -143,13 +172,13 @@ def test_closed_set_protocol_with_sla_rows_and_resume(tmp_path, capsys):
             "--out", str(out)]
     assert protocol_main(args) == 0
     summary = json.loads((out / "protocol.json").read_text())
-    assert set(summary["summary"]) == {"softmax (mls)", "sla-softmax+SD (mls)", "sla-softmax+AG (mls)"}
-    assert summary["summary"]["softmax (mls)"]["auroc"]["mean"] is None  # closed set
-    assert [r["seed"] for r in summary["runs"]["sla-softmax+SD (mls)"]] == [0, 1]
+    assert set(summary["summary"]) == {"softmax (knn)", "sla-softmax+SD (knn)", "sla-softmax+AG (mls)"}
+    assert summary["summary"]["softmax (knn)"]["auroc"]["mean"] is None  # closed set
+    assert [r["seed"] for r in summary["runs"]["sla-softmax+SD (knn)"]] == [0, 1]
     assert "| sla-softmax+AG (mls) |" in (out / "protocol.md").read_text()
     # the validation accuracy of each selected checkpoint rides along, for choosing settings
     sla = [json.loads((out / f"split{s}" / "sla" / "metrics.json").read_text()) for s in (0, 1)]
-    assert summary["summary"]["sla-softmax+SD (mls)"]["val_acc"]["values"] == [
+    assert summary["summary"]["sla-softmax+SD (knn)"]["val_acc"]["values"] == [
         m["best_val_acc"] for m in sla]
     assert summary["summary"]["sla-softmax+AG (mls)"]["val_acc"]["values"] == [
         m["aggregated"]["val_acc"] for m in sla]

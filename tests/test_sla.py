@@ -160,7 +160,7 @@ def test_sla_exports_single_pass_by_default_and_aggregated_on_request(sla_run, t
     from handlers.contract import load_model
 
     single = export_onnx(sla_run, tmp_path / "sd.onnx")
-    assert single["outputs"] == ["logits", "unknown_score", "distances"]
+    assert single["outputs"] == ["logits", "unknown_score", "reciprocal_score", "distances"]
     aggregated = export_onnx(sla_run, tmp_path / "ag.onnx", aggregated=True)
     assert aggregated["outputs"] == ["logits", "unknown_score"]
     assert max(aggregated["parity_max_abs_diff"].values()) < 1e-4
