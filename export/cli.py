@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sla-aggregate", action="store_true",
                         help="SLA runs: export M-pass aggregated inference (SLA+AG) instead of "
                              "the single-pass distilled head")
+    parser.add_argument("--head-score", action="store_true",
+                        help="leave the post-hoc detector (and its feature bank) out: the head's "
+                             "own score decides, with its own validation threshold")
     return parser
 
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.calibration_images < 1:
             raise ExportError("--calibration-images must be >= 1")
         report = export_onnx(run_dir, out, args.model_version, tolerance=args.tolerance,
-                             aggregated=args.sla_aggregate)
+                             aggregated=args.sla_aggregate, head_score=args.head_score)
         if args.int8:
             int8 = out.with_suffix(".int8.onnx")
             report["int8"] = int8_report(run_dir, out, int8, args)

@@ -25,11 +25,14 @@ class ExportError(Exception):
     """Export could not produce a correct file; the message says why."""
 
 
-def load_run(run_dir: Path, aggregated: bool = False) -> tuple[ContractModel, dict, dict]:
+def load_run(run_dir: Path, aggregated: bool = False,
+             head_score: bool = False) -> tuple[ContractModel, dict, dict]:
     """(contract module in eval mode, checkpoint, metrics) from a training run directory.
 
     `aggregated` exports an SLA run's M-pass aggregated inference (SLA+AG) instead of its
     single-pass distilled head; checkpoint and metrics then carry SLA+AG's threshold and figures.
+    `head_score` leaves the post-hoc detector out: the head's own score decides, with its own
+    validation-calibrated threshold (no feature bank in the file).
     """
     checkpoint_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
     for path in (checkpoint_path, metrics_path):
@@ -46,17 +49,35 @@ def load_run(run_dir: Path, aggregated: bool = False) -> tuple[ContractModel, di
                if k not in checkpoint]
     if missing:
         raise ExportError(f"{run_dir}: the checkpoint lacks {', '.join(missing)} (re-run training)")
+    if head_score:
+        classifier, checkpoint, metrics = without_detector(run_dir, classifier, checkpoint, metrics)
     if not aggregated:
         return ContractModel(classifier).eval(), checkpoint, metrics
     transform = checkpoint["model_spec"].get("sla_transform", "none")
     if transform == "none" or checkpoint.get("aggregated_threshold") is None:
         raise ExportError(f"{run_dir}: --sla-aggregate needs a run trained with --method sla")
     ag = metrics["aggregated"]
+    classifier.detector = None  # SLA+AG serves a score of the aggregated logits
     wrapped = AggregatedClassifier(classifier, transform, ag["score"])
     checkpoint = dict(checkpoint, threshold=checkpoint["aggregated_threshold"],
                       method=f"{checkpoint['method']}+ag", temperature=1.0,
                       model_spec=dict(checkpoint["model_spec"], score=ag["score"], detector="none"))
     return ContractModel(wrapped).eval(), checkpoint, {**metrics, **ag}
+
+
+def without_detector(run_dir: Path, classifier: torch.nn.Module, checkpoint: dict,
+                     metrics: dict) -> tuple[torch.nn.Module, dict, dict]:
+    """The run's classifier serving its head's own score, with that score's threshold/figures."""
+    spec = checkpoint["model_spec"]
+    if spec.get("detector", "none") == "none":
+        return classifier, checkpoint, metrics
+    if "head_threshold" not in checkpoint:
+        raise ExportError(f"{run_dir}: --head-score needs a run that calibrated its head score "
+                          "(re-run training)")
+    classifier.detector = None
+    head = metrics["scores"][spec["score"]]
+    return classifier, dict(checkpoint, threshold=checkpoint["head_threshold"],
+                            model_spec=dict(spec, detector="none")), dict(metrics, **head)
 
 
 def score_selection(spec: dict, has_reciprocal_score: bool) -> dict:
@@ -124,10 +145,10 @@ def parity(model: ContractModel, onnx_path: Path, channels: int, height: int, wi
 
 def export_onnx(run_dir: str | Path, out: str | Path, model_version: str = "1",
                 batch_sizes: tuple[int, ...] = (1, 32), tolerance: float = 1e-4,
-                aggregated: bool = False) -> dict:
+                aggregated: bool = False, head_score: bool = False) -> dict:
     """Export, check with onnx.checker, prove parity; write `out` only when all of it passed."""
     run_dir, out = Path(run_dir), Path(out)
-    model, checkpoint, metrics = load_run(run_dir, aggregated)
+    model, checkpoint, metrics = load_run(run_dir, aggregated, head_score)
     channels, height, width = checkpoint["input_shape"]
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out.parent)

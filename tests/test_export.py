@@ -255,3 +255,38 @@ def test_int8_keeps_the_detector_in_float(tmp_path):
         str(tmp_path / "knn.int8.onnx")).metadata_props}["quantization"])
     assert "/classifier/detector/MatMul" in quantization["float_nodes"]
     assert all("/detector/" in name for name in quantization["float_nodes"])
+
+
+def test_head_score_export_leaves_the_bank_out(runs, tmp_path):
+    import torch
+
+    run_dir, served_path, _ = runs["arpl"]
+    checkpoint = torch.load(run_dir / "model.pt", weights_only=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert checkpoint["model_spec"]["detector"] == "knn"
+    report = export_onnx(run_dir, tmp_path / "head.onnx", head_score=True)
+    session, info = load_model(tmp_path / "head.onnx")
+    assert info.score == "mls" and info.threshold == pytest.approx(checkpoint["head_threshold"])
+    assert info.metrics["auroc"] == pytest.approx(metrics["scores"]["mls"]["auroc"])
+    images = np.random.default_rng(1).random((4, 1, 8, 8), dtype=np.float32)
+    logits, score, reciprocal = session.run(["logits", "unknown_score", "reciprocal_score"],
+                                            {"images": images})
+    assert np.allclose(score, -logits.max(1), atol=1e-5) and np.array_equal(score, reciprocal)
+    bank_bytes = checkpoint["state_dict"]["detector.bank"].numel() * 4
+    assert (served_path.stat().st_size - report["bytes"]) >= bank_bytes  # the bank is gone
+
+
+def test_compare_reports_sizes_speeds_and_ratios(runs, tmp_path, capsys):
+    from export.compare import main as compare_main
+
+    served = runs["arpl"][1]
+    export_onnx(runs["arpl"][0], tmp_path / "head.onnx", head_score=True)
+    assert compare_main([str(served), str(tmp_path / "head.onnx"), "--rounds", "1",
+                         "--out", str(tmp_path / "cost.json")]) == 0
+    report = json.loads((tmp_path / "cost.json").read_text())
+    assert report["a"]["score"] == "knn" and report["b"]["score"] == "mls"
+    assert report["size_ratio"] == pytest.approx(report["a"]["bytes"] / report["b"]["bytes"])
+    assert report["speed_ratio_batch64"] == pytest.approx(
+        report["a"]["images_per_s_batch64"] / report["b"]["images_per_s_batch64"])
+    assert compare_main([str(served), str(tmp_path / "missing.onnx")]) == 2
+    assert "missing.onnx: no such model file" in capsys.readouterr().err

@@ -354,6 +354,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
                            predict(model, data.images[split.val], device))
     val = predict(model, data.images[split.val], device)
     threshold = threshold_for_accept_rate(val["unknown_score"], cfg.accept_rate)
+    head_threshold = threshold_for_accept_rate(val[f"score:{spec.score}"], cfg.accept_rate)
     test_known = predict(model, data.images[split.test_known], device)
     test_unknown = predict(model, data.images[split.test_unknown], device)
     add_suite_scores(train_pred, labels[split.train], val, [test_known, test_unknown],
@@ -401,6 +402,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.save({
         "model_spec": spec.to_dict(), "state_dict": model.state_dict(),
         "class_names": list(metrics["known_classes"]), "threshold": threshold,
+        "head_threshold": head_threshold,  # for an export that serves the head's own score
         "input_shape": list(input_shape), "macs": metrics["macs"],  # C, H, W
         "threshold_rule": metrics["threshold_rule"], "method": cfg.method,
         "temperature": cfg.temperature,
