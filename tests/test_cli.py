@@ -148,6 +148,9 @@ def test_tiny_protocol_writes_the_table(tmp_path):
     runs = {(r["method"], r["split_seed"]): r["scores"] for r in saved["per_run"]}
     wins = sum(runs[("arpl", s)]["knn"]["auroc"] > runs[("softmax", s)]["msp"]["auroc"] for s in (0, 1))
     assert f"- arpl (knn) above softmax (msp) on {wins}/2 (split, seed) pairs" in table
+    k1 = [r["knn_sweep"]["k1_bank64"] for r in saved["per_run"] if r["method"] == "arpl"]
+    assert saved["knn_sweep"]["arpl"]["k1_bank64"] == pytest.approx(np.mean(k1))
+    assert (out / "protocol_knn_bank.png").is_file()
 
 
 def test_protocol_with_two_training_seeds(tmp_path):

@@ -137,6 +137,45 @@ def plot(summary: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def knn_sweep_summary(per_run: list[dict]) -> dict[str, dict[str, float]]:
+    """method -> "k{K}_bank{N}" -> mean test AUROC over the runs (the full training split's
+    bank, whose size differs per split, is reported as "k{K}_bankall")."""
+    summary: dict[str, dict[str, list[float]]] = {}
+    for r in per_run:
+        sweep = r.get("knn_sweep") or {}
+        largest = max((int(key.split("bank")[1]) for key in sweep), default=0)
+        for key, value in sweep.items():
+            k, bank = key.split("_bank")
+            name = f"{k}_bankall" if int(bank) == largest else key
+            summary.setdefault(r["method"], {}).setdefault(name, []).append(value)
+    return {method: {key: float(np.mean(values)) for key, values in sweep.items()
+                     if len(values) == sum(r["method"] == method for r in per_run)}
+            for method, sweep in summary.items()}
+
+
+def plot_knn_sweep(summary: dict[str, dict[str, float]], path: Path) -> None:
+    """Mean k-NN AUROC against bank size, one line per (method, k)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, sweep in summary.items():
+        for k in ("k1", "k5", "k20"):
+            points = sorted((int(key.split("bank")[1]), v) for key, v in sweep.items()
+                            if key.startswith(f"{k}_bank") and not key.endswith("all"))
+            if points:
+                ax.plot(*zip(*points), marker="o", label=f"{method} {k}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("feature-bank size (training embeddings)")
+    ax.set_ylabel("mean AUROC (k-NN)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parse_seeds(text: str | None, default: int) -> list[int]:
     """"0,1" -> [0, 1]; None -> [default]."""
     if text is None:
@@ -204,9 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(r["scores"] and next(iter(r["scores"].values()))["auroc"] is not None for r in per_run):
         table += "\nAUROC of every detector on the same models (served score in bold):\n\n"
         table += detector_table(per_run)
+    sweep = knn_sweep_summary(per_run)
     (out / "protocol.json").write_text(json.dumps({"config": base.to_dict(), "summary": summary,
-                                                   "runs": results, "per_run": per_run},
-                                                  indent=2))
+                                                   "runs": results, "per_run": per_run,
+                                                   "knn_sweep": sweep}, indent=2))
+    if sweep:
+        plot_knn_sweep(sweep, out / "protocol_knn_bank.png")
     (out / "protocol.md").write_text(table)
     plot(summary, out / "protocol.png")
     print(table)
