@@ -92,8 +92,8 @@ def score_selection(spec: dict, has_reciprocal_score: bool) -> dict:
         selection.update(knn_k=spec["knn_k"], bank_size=spec["bank_size"],
                          bank="L2-normalised known-class training embeddings, seeded subsample")
     if has_reciprocal_score:
-        selection["reciprocal_score"] = (f"the reciprocal-point head's own score ({spec['score']}: "
-                                         "-max_k l_k for mls), served next to unknown_score")
+        selection["reciprocal_score"] = (f"the reciprocal-point head's own score ({spec['score']}; "
+                                         "mls = -max_k l_k), served next to unknown_score")
     return selection
 
 
