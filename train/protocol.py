@@ -106,7 +106,8 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
 
 def markdown(summary: dict[str, dict], n_splits: int) -> str:
     lines = [f"| method (score) | closed-set acc | AUROC | OSCR | val acc |  (mean +- std over "
-             f"{n_splits} splits; val acc: the validation split, for choosing settings)",
+             f"{n_splits} runs (splits x training seeds); val acc: the validation split, for "
+             "choosing settings)",
              "|---|---|---|---|---|"]
     for row, stats in summary.items():
         cells = [f"{fmt(stats[k]['mean'])} +- {fmt(stats[k]['std'])}" if stats[k]["mean"] is not None
@@ -161,6 +162,8 @@ def plot_knn_sweep(summary: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    k1 = [v for sweep in summary.values() for key, v in sweep.items() if key.startswith("k1_")]
+    ax.set_ylim(min(k1) - 0.01, max(k1) + 0.005)  # a k beyond a class's bank rows collapses
     for method, sweep in summary.items():
         for k in ("k1", "k5", "k20"):
             points = sorted((int(key.split("bank")[1]), v) for key, v in sweep.items()
