@@ -71,11 +71,12 @@ def without_detector(run_dir: Path, classifier: torch.nn.Module, checkpoint: dic
     spec = checkpoint["model_spec"]
     if spec.get("detector", "none") == "none":
         return classifier, checkpoint, metrics
-    if "head_threshold" not in checkpoint:
+    if "head_threshold" not in checkpoint or "head" not in metrics:
         raise ExportError(f"{run_dir}: --head-score needs a run that calibrated its head score "
                           "(re-run training)")
     classifier.detector = None
-    head = metrics["scores"][spec["score"]]
+    head = dict(metrics["scores"][spec["score"]], **metrics["head"])  # auroc, oscr, rates
+    head.pop("threshold")
     return classifier, dict(checkpoint, threshold=checkpoint["head_threshold"],
                             model_spec=dict(spec, detector="none")), dict(metrics, **head)
 

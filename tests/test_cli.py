@@ -215,3 +215,29 @@ def test_finished_run_matches_configs_and_treats_newer_settings_as_defaults(tmp_
     (tmp_path / "sla" / "metrics.json").write_text('{"closed_acc": 0.7}')
     assert finished_run(sla) == {"closed_acc": 0.7}
     assert finished_run(dataclasses.replace(sla, sla_temperature=4.0)) is None
+
+
+def test_finished_run_before_the_detector_suite_served_its_head_score(tmp_path):
+    from train.config import TrainConfig
+    from train.run import finished_run
+
+    cfg = TrainConfig(out=str(tmp_path))
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("detector", "knn_k", "bank_size")}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "metrics.json").write_text('{"closed_acc": 0.5}')
+    assert finished_run(cfg) is None  # today's default serves k-NN; that run did not
+    assert finished_run(dataclasses.replace(cfg, detector="none")) == {"closed_acc": 0.5}
+
+
+def test_longtail_cells_name_their_method():
+    from pathlib import Path
+
+    from train.config import TrainConfig
+    from train.longtail import variant_config
+
+    cfg = variant_config(TrainConfig(method="softmax"), "arpl:la-drs", 100.0, 2, Path("o"), None)
+    assert (cfg.method, cfg.logit_adjust, cfg.drs, cfg.loss, cfg.m2m) == ("arpl", 1.0, True, "ce", False)
+    assert (cfg.imbalance, cfg.seed, cfg.split_seed) == (100.0, 2, 2)
+    assert cfg.out == str(Path("o") / "rho100" / "seed2" / "arpl-la-drs")
+    plain = variant_config(TrainConfig(method="softmax"), "cb-softmax", 10.0, 0, Path("o"), None)
+    assert (plain.method, plain.loss, plain.logit_adjust, plain.drs) == ("softmax", "cb-softmax", 0.0, False)

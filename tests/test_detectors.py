@@ -20,6 +20,9 @@ def test_logit_scores_by_hand():
     # -logsumexp: -log(2), -log(e^2 + 1)
     assert torch.allclose(EnergyScore()(outputs),
                           torch.tensor([-math.log(2), -math.log(math.exp(2) + 1)]))
+    # at the training temperature T: -T logsumexp(l / T); T = 0.5: -0.5 log 2, -0.5 log(e^4 + 1)
+    assert torch.allclose(EnergyScore(0.5)(outputs),
+                          torch.tensor([-0.5 * math.log(2), -0.5 * math.log(math.exp(4) + 1)]))
 
 
 def test_knn_is_minus_the_kth_cosine_similarity():
@@ -121,6 +124,9 @@ def test_fitted_detector_exports_with_parity_and_reloads(name, tmp_path):
     (["--knn-k", "8", "--bank-size", "4"], "--knn-k 8 is larger than the feature bank (--bank-size 4)"),
     (["--knn-k", "5000", "--bank-size", "5000"], "--knn-k 5000 is larger than the feature bank: "
                                                  "the training split has"),
+    (["--detector", "none", "--knn-k", "5000", "--bank-size", "5000"],
+     "--knn-k 5000 is larger than the feature bank"),  # the suite fits k-NN in every run
+    (["--logit-adjust", "inf"], "--logit-adjust must be finite and >= 0, got inf"),
 ])
 def test_bad_detector_settings_exit_2_with_one_line(args, message, tmp_path, capsys):
     code = train_main(["--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "r"), *args])

@@ -274,6 +274,8 @@ def test_head_score_export_leaves_the_bank_out(runs, tmp_path):
     assert np.allclose(score, -logits.max(1), atol=1e-5) and np.array_equal(score, reciprocal)
     bank_bytes = checkpoint["state_dict"]["detector.bank"].numel() * 4
     assert (served_path.stat().st_size - report["bytes"]) >= bank_bytes  # the bank is gone
+    assert info.metrics["known_accept_rate"] == pytest.approx(metrics["head"]["known_accept_rate"])
+    assert info.metrics["unknown_reject_rate"] == pytest.approx(metrics["head"]["unknown_reject_rate"])
 
 
 def test_compare_reports_sizes_speeds_and_ratios(runs, tmp_path, capsys):

@@ -26,23 +26,25 @@ def as_outputs(prediction: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def fit_detector(name: str, train: dict[str, np.ndarray], labels: np.ndarray,
-                 val: dict[str, np.ndarray], knn_k: int, bank_size: int, seed: int) -> nn.Module:
-    """A fitted detector for `model`'s embedding; bank_size is capped by the training set."""
+                 val: dict[str, np.ndarray], knn_k: int, bank_size: int, seed: int,
+                 temperature: float = 1.0) -> nn.Module:
+    """A fitted detector on the embedding/logits of `train`; bank_size is capped by the
+    training set; `temperature` is the one the model was trained with (energy, ViM)."""
     bank_size = min(bank_size, len(labels))
     detector = build_detector(name, train["embedding"].shape[1], int(labels.max()) + 1, knn_k,
-                              bank_size)
+                              bank_size, temperature)
     return detector.fit(as_outputs(train), torch.from_numpy(labels), as_outputs(val), seed)
 
 
 @torch.no_grad()
 def add_suite_scores(train: dict[str, np.ndarray], labels: np.ndarray,
                      val: dict[str, np.ndarray], scored: list[dict[str, np.ndarray]],
-                     knn_k: int, bank_size: int, seed: int) -> None:
+                     knn_k: int, bank_size: int, seed: int, temperature: float = 1.0) -> None:
     """Add `score:NAME` for every suite detector the head does not define to each of `scored`."""
     for name in SUITE:
         if f"score:{name}" in scored[0]:
             continue
-        detector = fit_detector(name, train, labels, val, knn_k, bank_size, seed)
+        detector = fit_detector(name, train, labels, val, knn_k, bank_size, seed, temperature)
         for prediction in scored:
             prediction[f"score:{name}"] = detector(as_outputs(prediction)).numpy()
 

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     if variant == "ce":
                         ce_dir = cfg.out
                     runs.append({"rho": rho, "seed": seed, "variant": variant, **figures_of(metrics)})
-                    per_run.append({"method": f"rho {rho:g} {variant}", "split_seed": seed,
+                    per_run.append({"method": f"rho {rho:g} {variant}", "rho": rho, "split_seed": seed,
                                     "seed": seed, "score": metrics["score"],
                                     "scores": metrics["scores"]})
                     print(f"rho {rho:g} seed {seed} {variant}: balanced acc "
@@ -174,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     multiples = time_multiples(runs)
     table = markdown(summary, multiples, extra["seeds"])
     if any(r["scores"] and next(iter(r["scores"].values()))["auroc"] is not None for r in per_run):
-        table += "\nAUROC of every detector on the same models (served score in bold):\n\n"
-        baseline = next((r["method"] for r in per_run if "softmax:" in r["method"]), None)
-        table += detector_table(per_run, baseline or "", None)
+        table += "\nAUROC of every detector on the same models (served score in bold):\n"
+        for rho in rhos:  # each rho's cells against that rho's softmax baseline
+            cells = [r for r in per_run if r["rho"] == rho]
+            baseline = next((r["method"] for r in cells if "softmax:" in r["method"]), "")
+            table += "\n" + detector_table(cells, baseline, None)
     (out / "longtail.json").write_text(json.dumps({"config": base.to_dict(), "summary": summary,
                                                    "m2m_time_multiple": multiples, "runs": runs,
                                                    "per_run": per_run}, indent=2))

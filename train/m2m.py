@@ -149,7 +149,10 @@ def load_g(run_dir: str, class_names: Sequence[str], input_shape: Sequence[int])
     """The fixed classifier g from a plain-CE run directory that fits this run's data."""
     g, ckpt = load_run_classifier(run_dir, "--m2m-g", class_names, input_shape)
     config_path = Path(run_dir) / "config.json"
-    loss = json.loads(config_path.read_text()).get("loss", "ce") if config_path.is_file() else "ce"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    loss = config.get("loss", "ce")
+    if config.get("logit_adjust", 0) > 0 or config.get("drs", False):
+        loss = "ce with --logit-adjust / --drs"
     if ckpt.get("method") != "softmax" or loss != "ce":
         raise UserError(f"--m2m-g {run_dir}: g must be a plain-CE softmax run, "
                         f"this one is {ckpt.get('method')!r} with --loss {loss}")

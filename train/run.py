@@ -18,7 +18,7 @@ from models.backbones import BACKBONES
 from models.complexity import count_macs
 from models.sla import NUM_VIEWS, transform_views
 from train.augment import AUGMENTATIONS
-from train.calibration import threshold_for_accept_rate
+from train.calibration import accept_rate, threshold_for_accept_rate
 from train.checkpoints import load_run_classifier
 from train.config import TrainConfig
 from train.datasets import ImageSet, load_dataset
@@ -128,8 +128,8 @@ def validate_long_tail(cfg: TrainConfig) -> None:
     for name, value in non_negative.items():
         if not value >= 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    if not cfg.logit_adjust >= 0:
-        raise UserError(f"--logit-adjust must be >= 0, got {cfg.logit_adjust}")
+    if not 0 <= cfg.logit_adjust < math.inf:
+        raise UserError(f"--logit-adjust must be finite and >= 0, got {cfg.logit_adjust}")
     if cfg.logit_adjust > 0 and cfg.loss != "ce":
         raise UserError(f"--logit-adjust replaces the CE term; it cannot be combined with --loss {cfg.loss}")
     if not 0 <= cfg.drs_start < 1:
@@ -216,6 +216,7 @@ def m2m_hook(cfg: TrainConfig, model: torch.nn.Module, train: tuple[torch.Tensor
         g_dir = str(Path(cfg.out) / "g")
         print(f"m2m: training g (plain CE, same data) into {g_dir}", flush=True)
         g_cfg = dataclasses.replace(cfg, method="softmax", loss="ce", m2m=False, out=g_dir,
+                                    logit_adjust=0.0, drs=False,
                                     score=None, temperature=None)
         g_seconds = run(g_cfg, progress)["train_seconds"]
     g = load_g(g_dir, class_names, input_shape).to(device)
@@ -244,9 +245,16 @@ def epochs_for(cfg: TrainConfig, n_train: int) -> int:
     return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
 
+def head_score_rates(known: np.ndarray, unknown: np.ndarray, threshold: float) -> dict:
+    """The head's own score at its own validation threshold (what `export --head-score` serves)."""
+    return {"threshold": threshold, "known_accept_rate": accept_rate(known, threshold),
+            "unknown_reject_rate": 1 - accept_rate(unknown, threshold) if len(unknown) else None}
+
+
 def check_bank(cfg: TrainConfig, n_train: int) -> None:
-    """k-NN needs k bank rows, and the bank is at most the training split."""
-    if cfg.detector in ("knn", "fusion") and cfg.knn_k > n_train:
+    """k-NN (served, or in the suite every run fits) needs k bank rows, and the bank is at
+    most the training split."""
+    if cfg.knn_k > n_train:
         raise UserError(f"--knn-k {cfg.knn_k} is larger than the feature bank: the training "
                         f"split has {n_train} images")
 
@@ -260,8 +268,12 @@ def attach_detector(cfg: TrainConfig, spec: ModelSpec, model: torch.nn.Module,
         return spec
     bank_size = min(cfg.bank_size, len(train_labels))
     model.detector = fit_detector(cfg.detector, train, train_labels, val, cfg.knn_k, bank_size,
-                                  cfg.seed).to(next(model.parameters()).device)
+                                  cfg.seed, cfg.temperature).to(next(model.parameters()).device)
     return dataclasses.replace(spec, detector=cfg.detector, knn_k=cfg.knn_k, bank_size=bank_size)
+
+
+# settings a run written before them ran with, where that differs from today's default
+LEGACY_DEFAULTS = {"detector": "none"}
 
 
 def finished_run(cfg: TrainConfig) -> dict | None:
@@ -277,6 +289,7 @@ def finished_run(cfg: TrainConfig) -> dict | None:
     wanted = {k: v for k, v in cfg.to_dict().items() if v is not None and k != "out"
               and (cfg.method == "sla" or not k.startswith("sla_"))}
     defaults = TrainConfig().to_dict()  # a setting newer than the run: it ran with the default
+    defaults.update(LEGACY_DEFAULTS)  # ... except where the default changed since
     return metrics if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()) else None
 
 
@@ -358,8 +371,10 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     test_known = predict(model, data.images[split.test_known], device)
     test_unknown = predict(model, data.images[split.test_unknown], device)
     add_suite_scores(train_pred, labels[split.train], val, [test_known, test_unknown],
-                     cfg.knn_k, cfg.bank_size, cfg.seed)
+                     cfg.knn_k, cfg.bank_size, cfg.seed, cfg.temperature)
     metrics = open_set_metrics(test_known, labels[split.test_known], test_unknown, threshold)
+    metrics["head"] = head_score_rates(test_known[f"score:{spec.score}"],
+                                       test_unknown[f"score:{spec.score}"], head_threshold)
     served = spec.score if spec.detector == "none" else spec.detector
     metrics.update({
         "method": cfg.method, "task": task_of(cfg), "score": served, "head_score": spec.score,

@@ -18,24 +18,25 @@ from models.detectors.logit_scores import EnergyScore, MaxLogitScore, MaxSoftmax
 from models.detectors.mahalanobis import MahalanobisScore
 from models.detectors.vim import VimScore
 
-# name -> builder(embed_dim, num_classes, knn_k, bank_size)
+# name -> builder(embed_dim, num_classes, knn_k, bank_size, temperature)
 DETECTORS = {
-    "msp": lambda d, k, knn_k, bank: MaxSoftmaxScore(),
-    "mls": lambda d, k, knn_k, bank: MaxLogitScore(),
-    "energy": lambda d, k, knn_k, bank: EnergyScore(),
-    "knn": lambda d, k, knn_k, bank: KnnScore(d, bank, knn_k),
-    "mahalanobis": lambda d, k, knn_k, bank: MahalanobisScore(d, k),
-    "vim": lambda d, k, knn_k, bank: VimScore(d),
-    "fusion": lambda d, k, knn_k, bank: LogitKnnFusion(d, bank, knn_k),
+    "msp": lambda d, k, knn_k, bank, t: MaxSoftmaxScore(),
+    "mls": lambda d, k, knn_k, bank, t: MaxLogitScore(),
+    "energy": lambda d, k, knn_k, bank, t: EnergyScore(t),
+    "knn": lambda d, k, knn_k, bank, t: KnnScore(d, bank, knn_k),
+    "mahalanobis": lambda d, k, knn_k, bank, t: MahalanobisScore(d, k),
+    "vim": lambda d, k, knn_k, bank, t: VimScore(d, temperature=t),
+    "fusion": lambda d, k, knn_k, bank, t: LogitKnnFusion(d, bank, knn_k),
 }
 
 
 def build_detector(name: str, embed_dim: int, num_classes: int, knn_k: int = 1,
-                   bank_size: int = 1) -> nn.Module:
-    """An unfitted detector; its buffers have their final shapes (a checkpoint loads into it)."""
+                   bank_size: int = 1, temperature: float = 1.0) -> nn.Module:
+    """An unfitted detector; its buffers have their final shapes (a checkpoint loads into it,
+    the training temperature included)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
-    return DETECTORS[name](embed_dim, num_classes, knn_k, bank_size)
+    return DETECTORS[name](embed_dim, num_classes, knn_k, bank_size, temperature)
 
 
 __all__ = ["DETECTORS", "build_detector", "KnnScore", "MahalanobisScore", "VimScore",

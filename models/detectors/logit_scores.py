@@ -2,8 +2,10 @@
 
 - MSP (Hendrycks & Gimpel, ICLR 2017):  s = -max_k softmax(l)_k
 - Max-logit (Vaze et al., ICLR 2022):   s = -max_k l_k
-- Energy (Liu et al., NeurIPS 2020):    s = -T * logsumexp(l / T), T = 1
-Nothing to fit; the `fit` method exists so every detector is used the same way.
+- Energy (Liu et al., NeurIPS 2020):    s = -T * logsumexp(l / T)
+with T the temperature the model was trained with (softmax(l / T) in its loss; RPL's is 0.1),
+kept in a buffer so a checkpoint restores it. Nothing to fit; `fit` exists so every detector
+is used the same way.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ class MaxLogitScore(_LogitScore):
 class EnergyScore(_LogitScore):
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        self.temperature = temperature
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return -self.temperature * torch.logsumexp(outputs["logits"] / self.temperature, dim=1)

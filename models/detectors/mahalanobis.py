@@ -3,7 +3,8 @@
 Class means mu_c and one shared covariance S of the training embeddings (the tied-covariance
 Gaussian discriminant); with P = S^-1 (pseudo-inverse):
     s(z) = min_c (z - mu_c)^T P (z - mu_c)
-expanded as z^T P z - 2 z^T P mu_c + mu_c^T P mu_c so the graph is MatMuls and a ReduceMin.
+computed on the explicit differences (B x K x D; K is small): the expanded form
+z^T P z - 2 z^T P mu_c + mu_c^T P mu_c cancels badly in float32.
 """
 from __future__ import annotations
 
@@ -28,9 +29,5 @@ class MahalanobisScore(nn.Module):
         return self
 
     def forward(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        z = outputs["embedding"]  # B x D
-        zp = z @ self.precision  # B x D
-        own = (zp * z).sum(1, keepdim=True)  # B x 1
-        cross = zp @ self.means.t()  # B x K
-        means_term = ((self.means @ self.precision) * self.means).sum(1)  # K
-        return (own - 2 * cross + means_term[None, :]).amin(dim=1)  # B
+        diff = outputs["embedding"][:, None, :] - self.means[None]  # B x K x D
+        return ((diff @ self.precision) * diff).sum(2).amin(dim=1)  # B
