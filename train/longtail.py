@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rhos", default="100,10", help="comma-separated imbalance ratios")
     parser.add_argument("--variants", default="ce,cb-softmax,cb-focal,m2m",
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse run directories that already hold a finished run of the same "
+                             "configuration")
     parser.set_defaults(out="runs/longtail", method="softmax", num_known=10)
     try:
         base, extra = parse_config(argv, parser)
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
         if extra["seeds"] < 1:
             raise UserError(f"--seeds must be >= 1, got {extra['seeds']}")
-        from train.run import run, validate
+        from train.run import finished_run, run, validate
 
         out = Path(base.out)
         for variant in variants:  # every cell's settings are checked before the first run
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in variants:
                     g_dir = ce_dir if base.method == "softmax" else None
                     cfg = variant_config(base, variant, rho, seed, out, g_dir)
-                    metrics = run(cfg)
+                    metrics = (extra["resume"] and finished_run(cfg)) or run(cfg)
                     if variant == "ce":
                         ce_dir = cfg.out
                     runs.append({"rho": rho, "seed": seed, "variant": variant, **figures_of(metrics)})
