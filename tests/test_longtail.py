@@ -147,3 +147,24 @@ def test_longtail_study_rejects_bad_variants_before_training(tmp_path, capsys):
     assert "unknown variant(s) ['mixup']" in capsys.readouterr().err
     assert longtail_main(["--method", "rpl", "--variants", "ce,cb-focal", "--out", str(tmp_path)]) == 2
     assert "needs the linear head" in capsys.readouterr().err
+
+
+def test_longtail_study_with_method_cells_pairs_against_the_softmax_baseline(tmp_path):
+    from train.longtail import main as longtail_main
+
+    out = tmp_path / "cells"
+    args = ["--dataset", "digits", "--num-known", "4", "--seeds", "1", "--rhos", "10", "--epochs",
+            "1", "--width", "0.25", "--variants", "softmax:cb-softmax,arpl:la-drs", "--out", str(out)]
+    assert longtail_main(args) == 0
+    report = json.loads((out / "longtail.json").read_text())
+    base, ours = ({r["method"]: r for r in report["per_run"]}[f"rho 10 {v}"]
+                  for v in ("softmax:cb-softmax", "arpl:la-drs"))
+    best = max(base["scores"], key=lambda name: base["scores"][name]["auroc"])
+    won = int(ours["scores"]["knn"]["auroc"] > base["scores"][best]["auroc"])
+    assert (f"- rho 10 arpl:la-drs (knn) above rho 10 softmax:cb-softmax ({best}) on {won}/1"
+            in (out / "longtail.md").read_text())
+    config = json.loads((out / "rho10" / "seed0" / "arpl-la-drs" / "config.json").read_text())
+    assert (config["method"], config["logit_adjust"], config["drs"]) == ("arpl", 1.0, True)
+    stamp = (out / "rho10" / "seed0" / "arpl-la-drs" / "model.pt").stat().st_mtime_ns
+    assert longtail_main(args + ["--resume"]) == 0  # finished cells are reused, not retrained
+    assert (out / "rho10" / "seed0" / "arpl-la-drs" / "model.pt").stat().st_mtime_ns == stamp
