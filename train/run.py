@@ -378,7 +378,8 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     served = spec.score if spec.detector == "none" else spec.detector
     metrics.update({
         "method": cfg.method, "task": task_of(cfg), "score": served, "head_score": spec.score,
-        "detector": spec.detector, "knn_k": cfg.knn_k, "bank_size": spec.bank_size,
+        "detector": spec.detector, "knn_k": cfg.knn_k,
+        "bank_size": min(cfg.bank_size, len(split.train)),  # the suite's k-NN bank
         "dataset": data.name,
         "known_classes": known_names,
         "unknown_classes": [n for i, n in enumerate(data.class_names) if i not in known],
