@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from cli_errors import OneLineErrorParser
 from handlers.contract import ModelFileError, load_model
-from train.cli import OneLineErrorParser
 
 HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
 SERVING_MODULES = ("__init__.py", "contract.py", "decode.py", "predictor.py")

@@ -7,8 +7,8 @@ import platform
 import sys
 from pathlib import Path
 
+from cli_errors import OneLineErrorParser
 from handlers.contract import ModelFileError
-from train.cli import OneLineErrorParser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def int8_report(run_dir: Path, fp32: Path, int8: Path, args: argparse.Namespace) -> dict:
-    from export.quantize import evaluate, quantize_int8, run_split, throughput
+    from export.compare import throughput
+    from export.quantize import evaluate, quantize_int8, run_split
 
     split = run_split(run_dir)
     quantize_int8(fp32, int8, split["train"][:args.calibration_images])

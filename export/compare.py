@@ -1,4 +1,4 @@
-"""`python -m export.compare A.onnx B.onnx --images N.npz|random`: what serving A costs against B.
+"""`python -m export.compare A.onnx B.onnx [--out report.json]`: what serving A costs against B.
 
 File size and onnxruntime images/s at batch 1 and batch 64 for both models, measured in one
 process with interleaved rounds (median of rounds), and the A/B ratios. Used to state the
@@ -6,21 +6,39 @@ cost of a served score (e.g. the k-NN feature bank) against the same run exporte
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
+from cli_errors import OneLineErrorParser
 from handlers.contract import ModelFileError, load_model
-from train.cli import OneLineErrorParser
+
+
+def throughput(paths: dict[str, Path], images: np.ndarray, threads: int = 2, rounds: int = 5,
+               seconds: float = 1.0) -> dict[str, float]:
+    """Images/s per model at images' batch size, interleaved rounds, median of rounds."""
+    sessions = {name: load_model(path, ["CPUExecutionProvider"], threads)[0]
+                for name, path in paths.items()}
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(["logits"], {"images": images})
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                session.run(["logits", "unknown_score"], {"images": images})
+                count += len(images)
+            samples[name].append(count / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def compare(a: Path, b: Path, threads: int = 2, rounds: int = 5, seconds: float = 1.0) -> dict:
-    from export.quantize import throughput
-
     _, info = load_model(a, ["CPUExecutionProvider"])
     _, info_b = load_model(b, ["CPUExecutionProvider"])
     if (info.channels, info.height, info.width) != (info_b.channels, info_b.height, info_b.width):

@@ -10,9 +10,7 @@ k-th-nearest cosine similarity is a small difference between values close to 1.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -68,25 +66,6 @@ def evaluate(path: Path, split: dict[str, np.ndarray], batch_size: int = 256) ->
     _, unknown_scores = run(split["test_unknown"])
     return {"closed_acc": closed_set_accuracy(known_logits.argmax(1), split["test_labels"]),
             "auroc": auroc(known_scores, unknown_scores)}
-
-
-def throughput(paths: dict[str, Path], images: np.ndarray, threads: int = 2, rounds: int = 5,
-               seconds: float = 1.0) -> dict[str, float]:
-    """Images/s per model at images' batch size, interleaved rounds, median of rounds."""
-    sessions = {name: load_model(path, ["CPUExecutionProvider"], threads)[0]
-                for name, path in paths.items()}
-    for session in sessions.values():
-        for _ in range(3):
-            session.run(["logits"], {"images": images})
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            count, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                session.run(["logits", "unknown_score"], {"images": images})
-                count += len(images)
-            samples[name].append(count / (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def detector_nodes(model: onnx.ModelProto) -> list[str]:

@@ -8,6 +8,7 @@ import sys
 
 import yaml
 
+from cli_errors import OneLineErrorParser
 from train.config import TrainConfig
 from train.errors import UserError
 
@@ -60,13 +61,6 @@ HELP = {
     "m2m_eta": "L2 step size of the generation",
     "m2m_steps": "normalised-gradient steps per generation (T)",
 }
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad argument prints one line (not the whole usage) and exits 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(prog: str = "python -m train", description: str | None = __doc__) -> argparse.ArgumentParser:

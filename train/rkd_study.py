@@ -34,7 +34,7 @@ def role_config(base: TrainConfig, role: str, seed: int, teacher_width: float,
 def time_onnx(out: Path, batch: int, threads: int, seconds: float) -> dict[str, float]:
     """Images/s of the seed-0 teacher and RKD student ONNX files, interleaved, same batch."""
     from export.onnx_export import export_onnx
-    from export.quantize import throughput
+    from export.compare import throughput
 
     paths = {}
     for role in ("teacher", "rkd"):
