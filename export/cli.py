@@ -53,7 +53,7 @@ def int8_report(run_dir: Path, fp32: Path, int8: Path, args: argparse.Namespace)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from export.onnx_export import ExportError, export_onnx
-    from train.errors import UserError
+    from cli_errors import UserError
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     try:

@@ -20,9 +20,9 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from handlers.contract import load_model
-from train.datasets import load_dataset
+from data.datasets import load_dataset
 from train.metrics import auroc, closed_set_accuracy
-from train.splits import open_set_split
+from data.splits import open_set_split
 
 
 DETECTOR_SCOPE = "/detector/"  # torch.onnx names nodes by module path: /classifier/detector/...

@@ -191,7 +191,7 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
 
         pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
     elif (run_dir / "config.json").is_file():  # a trained run: its own images
-        from train.datasets import load_dataset
+        from data.datasets import load_dataset
 
         config = json.loads((run_dir / "config.json").read_text())
         pixels_u8 = load_dataset(config["dataset"]).images[:2048]

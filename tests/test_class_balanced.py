@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 
 from train.config import TrainConfig
-from train.errors import UserError
+from cli_errors import UserError
 from train.losses.class_balanced import (ClassBalancedFocalLoss, ClassBalancedSoftmaxLoss,
                                          build_class_balanced, effective_number_weights,
                                          init_sigmoid_bias)

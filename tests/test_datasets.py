@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.datasets import load_dataset
-from train.errors import UserError
+from data.datasets import load_dataset
+from cli_errors import UserError
 
 
 def test_builtin_datasets_shapes():

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from train.cli import main
-from train.errors import UserError
+from cli_errors import UserError
 from train.metrics import balanced_accuracy, long_tail_metrics, per_class_recall, shot_groups
-from train.splits import long_tail_counts, long_tail_subset, open_set_split
+from data.splits import long_tail_counts, long_tail_subset, open_set_split
 
 LABELS = np.repeat(np.arange(10), 50)
 

@@ -6,7 +6,7 @@ import torch
 
 from models import build_classifier
 from tests.conftest import tiny_spec
-from train.errors import UserError
+from cli_errors import UserError
 from train.m2m import (M2mSettings, MajorToMinor, acceptance_probability, generation_probability,
                        load_g, translate)
 

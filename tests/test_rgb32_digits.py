@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_writes_padded_three_channel_digits_the_npz_loader_reads(tmp_path):
-    from train.datasets import load_dataset
+    from data.datasets import load_dataset
 
     out = tmp_path / "rgb.npz"
     done = subprocess.run([sys.executable, "loadtest/rgb32_digits.py", str(out)], cwd=ROOT,

@@ -27,7 +27,7 @@ from export.onnx_export import export_onnx
 from handlers.server import start, stop
 from tests.conftest import ROOT
 from train.cli import main as train_main
-from train.datasets import load_dataset
+from data.datasets import load_dataset
 
 MODEL, BROKEN = "digits", "broken"
 KNOWN = (0, 1, 2, 3, 4, 5)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from train.errors import UserError
-from train.splits import draw_known_classes, open_set_split, parse_known
+from cli_errors import UserError
+from data.splits import draw_known_classes, open_set_split, parse_known
 
 LABELS = np.repeat(np.arange(10), 50)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from models import ModelSpec, OpenSetClassifier, build_classifier
-from train.errors import UserError
+from cli_errors import UserError
 
 
 def load_run_classifier(run_dir: str, flag: str, class_names: Sequence[str],

@@ -10,7 +10,7 @@ import yaml
 
 from cli_errors import OneLineErrorParser
 from train.config import TrainConfig
-from train.errors import UserError
+from cli_errors import UserError
 
 HELP = {
     "method": "softmax | rpl | arpl | sla (default arpl)",

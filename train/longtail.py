@@ -21,7 +21,7 @@ import numpy as np
 
 from train.cli import build_parser, parse_config
 from train.config import TrainConfig
-from train.errors import UserError
+from cli_errors import UserError
 from train.losses.class_balanced import CLASS_BALANCED
 from train.protocol import detector_table
 

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from train.checkpoints import load_run_classifier
 from train.drs import class_members, draw_images
-from train.errors import UserError
+from cli_errors import UserError
 
 
 def acceptance_probability(counts: Sequence[int], beta: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from train.cli import build_parser, parse_config
-from train.errors import UserError
+from cli_errors import UserError
 from train.losses import LOSSES
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from train.cli import build_parser, parse_config
 from train.config import TrainConfig
-from train.errors import UserError
+from cli_errors import UserError
 
 ROLES = ("teacher", "scratch", "rkd")
 

@@ -21,10 +21,10 @@ from train.augment import AUGMENTATIONS
 from train.calibration import accept_rate, threshold_for_accept_rate
 from train.checkpoints import load_run_classifier
 from train.config import TrainConfig
-from train.datasets import ImageSet, load_dataset
+from data.datasets import ImageSet, load_dataset
 from train.drs import DeferredResampling
 from train.detector_suite import add_suite_scores, fit_detector, knn_sweep
-from train.errors import UserError
+from cli_errors import UserError
 from train.evaluate import open_set_metrics, predict, view_accuracy
 from train.loop import fit
 from train.losses import LOSSES, TASKS, RelationalDistillationLoss, SelfLabelAugmentationLoss
@@ -34,7 +34,7 @@ from train.losses.class_balanced import (CLASS_BALANCED, SIGMOID_LOSSES, build_c
 from train.m2m import M2mSettings, MajorToMinor, load_g
 from train.metrics import closed_set_accuracy, long_tail_metrics
 from train.plots import plot_per_class_recall, plot_roc, plot_score_histogram
-from train.splits import (OpenSetSplit, draw_known_classes, long_tail_subset, open_set_split,
+from data.splits import (OpenSetSplit, draw_known_classes, long_tail_subset, open_set_split,
                           parse_known)
 
 SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.SCORES}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.errors import UserError
+from cli_errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.errors import UserError
+from cli_errors import UserError
 
 
 @dataclass(frozen=True)
