@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from cli_errors import OneLineErrorParser
+from cli_errors import OneLineErrorParser, UserError
 from handlers.contract import ModelFileError
 
 
@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def int8_report(run_dir: Path, fp32: Path, int8: Path, args: argparse.Namespace) -> dict:
     from export.compare import throughput
-    from export.quantize import evaluate, quantize_int8, run_split
+    from export.quantize import evaluate, quantize_int8
+    from rundir import RunDirectory
 
-    split = run_split(run_dir)
+    split = RunDirectory(run_dir).split_images()
     quantize_int8(fp32, int8, split["train"][:args.calibration_images])
     scores = {"fp32": evaluate(fp32, split), "int8": evaluate(int8, split)}
     speed = throughput({"fp32": fp32, "int8": int8}, split["test_known"][:64])
@@ -53,7 +54,6 @@ def int8_report(run_dir: Path, fp32: Path, int8: Path, args: argparse.Namespace)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from export.onnx_export import ExportError, export_onnx
-    from cli_errors import UserError
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     try:

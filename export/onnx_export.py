@@ -13,8 +13,9 @@ import onnx
 import torch
 
 from handlers.contract import CONTRACT_VERSION, load_model
-from models import AggregatedClassifier, ModelSpec, build_classifier
+from models import AggregatedClassifier
 from models.export_wrapper import ContractModel
+from rundir import RunDirectory
 
 OPSET = 17
 METRIC_KEYS = ("closed_acc", "auroc", "oscr", "known_accept_rate", "unknown_reject_rate",
@@ -27,28 +28,17 @@ class ExportError(Exception):
 
 def load_run(run_dir: Path, aggregated: bool = False,
              head_score: bool = False) -> tuple[ContractModel, dict, dict]:
-    """(contract module in eval mode, checkpoint, metrics) from a training run directory.
+    """(contract module in eval mode, checkpoint dict, metrics) from a training run directory.
 
     `aggregated` exports an SLA run's M-pass aggregated inference (SLA+AG) instead of its
     single-pass distilled head; checkpoint and metrics then carry SLA+AG's threshold and figures.
     `head_score` leaves the post-hoc detector out: the head's own score decides, with its own
     validation-calibrated threshold (no feature bank in the file).
     """
-    checkpoint_path, metrics_path = run_dir / "model.pt", run_dir / "metrics.json"
-    for path in (checkpoint_path, metrics_path):
-        if not path.is_file():
-            raise ExportError(f"{run_dir}: not a run directory (no {path.name})")
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        metrics = json.loads(metrics_path.read_text())
-        classifier = build_classifier(ModelSpec.from_dict(checkpoint["model_spec"]))
-        classifier.load_state_dict(checkpoint["state_dict"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bad input file
-        raise ExportError(f"{run_dir}: cannot load the run ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in ("class_names", "threshold", "threshold_rule", "method", "input_shape")
-               if k not in checkpoint]
-    if missing:
-        raise ExportError(f"{run_dir}: the checkpoint lacks {', '.join(missing)} (re-run training)")
+    directory = RunDirectory(run_dir)
+    classifier, saved = directory.load_classifier()
+    metrics = directory.read_metrics()
+    checkpoint = saved.to_dict()
     if head_score:
         classifier, checkpoint, metrics = without_detector(run_dir, classifier, checkpoint, metrics)
     if not aggregated:
@@ -71,7 +61,7 @@ def without_detector(run_dir: Path, classifier: torch.nn.Module, checkpoint: dic
     spec = checkpoint["model_spec"]
     if spec.get("detector", "none") == "none":
         return classifier, checkpoint, metrics
-    if "head_threshold" not in checkpoint or "head" not in metrics:
+    if checkpoint.get("head_threshold") is None or "head" not in metrics:
         raise ExportError(f"{run_dir}: --head-score needs a run that calibrated its head score "
                           "(re-run training)")
     classifier.detector = None

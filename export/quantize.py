@@ -1,4 +1,5 @@
-"""Static int8 quantization with onnxruntime, checked against fp32 on the run's own test split.
+"""Static int8 quantization with onnxruntime, checked against fp32 on the run's own test split
+(the indices the run saved in split.npz).
 
 Only Conv / Gemm / MatMul are quantized (QDQ, per-channel int8 weights, uint8 activations,
 calibrated on the run's training images); the reciprocal-point distances and scores stay in
@@ -19,10 +20,9 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       QuantType, quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from sklearn.metrics import roc_auc_score
+
 from handlers.contract import load_model
-from data.datasets import load_dataset
-from train.metrics import auroc, closed_set_accuracy
-from data.splits import open_set_split
 
 
 DETECTOR_SCOPE = "/detector/"  # torch.onnx names nodes by module path: /classifier/detector/...
@@ -37,24 +37,9 @@ class _Batches(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def run_split(run_dir: Path) -> dict[str, np.ndarray]:
-    """The run's train/test images (float [0, 1]) and labels, rebuilt from its config."""
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    data = load_dataset(config["dataset"])
-    known = [data.class_names.index(name) for name in metrics["known_classes"]]
-    split = open_set_split(data.labels, known, config["split_seed"], config["val_fraction"],
-                           config["test_fraction"])
-    labels = split.relabel(data.labels)
-
-    def pixels(idx: np.ndarray) -> np.ndarray:
-        return data.images[idx].astype(np.float32) / 255
-
-    return {"train": pixels(split.train), "test_known": pixels(split.test_known),
-            "test_labels": labels[split.test_known], "test_unknown": pixels(split.test_unknown)}
-
-
 def evaluate(path: Path, split: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
+    """Closed-set accuracy and AUROC (unknown = positive) of one .onnx on the run's test split
+    (rundir.RunDirectory.split_images)."""
     session, _ = load_model(path, providers=["CPUExecutionProvider"])
 
     def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +49,9 @@ def evaluate(path: Path, split: dict[str, np.ndarray], batch_size: int = 256) ->
 
     known_logits, known_scores = run(split["test_known"])
     _, unknown_scores = run(split["test_unknown"])
-    return {"closed_acc": closed_set_accuracy(known_logits.argmax(1), split["test_labels"]),
-            "auroc": auroc(known_scores, unknown_scores)}
+    is_unknown = np.r_[np.zeros(len(known_scores)), np.ones(len(unknown_scores))]
+    return {"closed_acc": float((known_logits.argmax(1) == split["test_labels"]).mean()),
+            "auroc": float(roc_auc_score(is_unknown, np.r_[known_scores, unknown_scores]))}
 
 
 def detector_nodes(model: onnx.ModelProto) -> list[str]:

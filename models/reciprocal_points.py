@@ -14,7 +14,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-VARIANTS = ("rpl", "arpl")
+
+
+def rpl_logits(euclidean: torch.Tensor, dot: torch.Tensor) -> torch.Tensor:
+    return euclidean
+
+
+def arpl_logits(euclidean: torch.Tensor, dot: torch.Tensor) -> torch.Tensor:
+    return euclidean - dot
+
+
+# variant -> logits from (d_e, d_d); a training method of the same name trains each (train/losses)
+VARIANTS = {"rpl": rpl_logits, "arpl": arpl_logits}
 
 
 def mls_unknown_score(logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
@@ -42,7 +53,7 @@ class ReciprocalPointHead(nn.Module):
                  variant: str = "arpl", score: str = "mls", feature_scale: float = 0.0):
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+            raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; choose from {sorted(SCORES)}")
         # rows k*M .. k*M+M-1 belong to class k; 0.1 * N(0, 1) as in the official code
@@ -67,7 +78,7 @@ class ReciprocalPointHead(nn.Module):
         if self.feature_scale > 0:
             z = self.feature_scale * torch.nn.functional.normalize(z, dim=1)
         euclidean, dot = self.point_distances(z)  # B x K each
-        logits = euclidean if self.variant == "rpl" else euclidean - dot
+        logits = VARIANTS[self.variant](euclidean, dot)  # B x K
         score = SCORES[self.score](logits, euclidean)  # B
         return {
             "logits": logits,

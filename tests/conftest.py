@@ -28,16 +28,16 @@ def tiny_spec(method: str) -> ModelSpec:
     variant = method if method in ("rpl", "arpl") else "arpl"
     defaults = TrainConfig()  # the project's default head settings, on a tiny backbone
     return ModelSpec(arch="small_cnn", in_channels=1, num_classes=3, head=head, width=0.25,
-                     variant=variant, points_per_class=defaults.points_per_class,
-                     feature_scale=defaults.feature_scale,
-                     sla_transform=defaults.sla_transform if method == "sla" else "none")
+                     variant=variant, points_per_class=defaults.reciprocal.points_per_class,
+                     feature_scale=defaults.reciprocal.feature_scale,
+                     sla_transform=defaults.sla.transform if method == "sla" else "none")
 
 
 def training_inputs(method: str, images: torch.Tensor) -> torch.Tensor:
     """What the training loop feeds the model for `method` (SLA: its M transformed views)."""
     from models.sla import transform_views
 
-    return transform_views(images, TrainConfig().sla_transform) if method == "sla" else images
+    return transform_views(images, TrainConfig().sla.transform) if method == "sla" else images
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from cli_errors import UserError
 from train.losses.class_balanced import (ClassBalancedFocalLoss, ClassBalancedSoftmaxLoss,
                                          build_class_balanced, effective_number_weights,
                                          init_sigmoid_bias)
-from train.run import build_loss, resolve, validate
+from train.build import build_loss
 
 
 def test_effective_number_weights_match_hand_computation():
@@ -83,10 +83,10 @@ def test_cb_softmax_composes_with_every_method(method):
     outputs = {"logits": torch.randn(8, 3), "distances": torch.rand(8, 3), "radius": torch.tensor([0.5])}
     target = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])
     counts = [300, 30, 3]
-    plain = build_loss(resolve(TrainConfig(method=method), 1))(outputs, target)
-    beta0 = build_loss(resolve(TrainConfig(method=method, loss="cb-softmax", cb_beta=0.0), 1), counts)
+    plain = build_loss(TrainConfig().override(method=method).resolved(1))(outputs, target)
+    beta0 = build_loss(TrainConfig().override(method=method, loss="cb-softmax", cb_beta=0.0).resolved(1), counts)
     assert beta0(outputs, target).item() == pytest.approx(plain.item(), rel=1e-6)
-    cfg = resolve(TrainConfig(method=method, loss="cb-softmax", cb_beta=0.999), 1)
+    cfg = TrainConfig().override(method=method, loss="cb-softmax", cb_beta=0.999).resolved(1)
     weighted = build_loss(cfg, counts)(outputs, target)
     # only the classification term changes: the weighted CE replaces the plain one
     weights = effective_number_weights(counts, 0.999)
@@ -105,8 +105,8 @@ def test_sigmoid_bias_init_gives_the_uniform_prior():
 @pytest.mark.parametrize("loss", ["cb-sigmoid", "cb-focal"])
 def test_sigmoid_losses_need_the_linear_head(loss):
     with pytest.raises(UserError, match="needs the linear head"):
-        validate(TrainConfig(method="rpl", loss=loss))
-    validate(TrainConfig(method="rpl", loss="cb-softmax"))  # allowed
+        TrainConfig().override(method="rpl", loss=loss).validate()
+    TrainConfig().override(method="rpl", loss="cb-softmax").validate()  # allowed
 
 
 @pytest.mark.parametrize("loss", ["cb-softmax", "cb-sigmoid", "cb-focal"])
@@ -115,7 +115,7 @@ def test_cb_losses_train_the_tiny_problem(loss, tiny_model, tiny_problem):
     model = tiny_model("softmax")
     if loss != "cb-softmax":
         init_sigmoid_bias(model.head.fc)
-    loss_fn = build_loss(resolve(TrainConfig(method="softmax", loss=loss), 1), [8, 8, 8])
+    loss_fn = build_loss(TrainConfig().override(method="softmax", loss=loss).resolved(1), [8, 8, 8])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
     losses = []
     for _ in range(20):

@@ -7,7 +7,7 @@ import torch
 from train.config import TrainConfig
 from train.drs import DeferredResampling
 from train.losses.logit_adjusted import LogitAdjustedLoss
-from train.run import epochs_for
+from train.fitting import epochs_for
 
 
 def test_logit_adjustment_by_hand():
@@ -44,4 +44,4 @@ def test_deferred_resampling_switches_to_class_balanced_batches():
     (577, 0, 30),      # off
 ])
 def test_min_steps_extends_epochs_of_small_training_sets(n_train, min_steps, expected):
-    assert epochs_for(TrainConfig(min_steps=min_steps), n_train) == expected
+    assert epochs_for(TrainConfig().override(min_steps=min_steps), n_train) == expected

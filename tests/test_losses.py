@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from train.losses import LOSSES, TASKS
-from train.run import build_loss, resolve
+from train.build import build_loss
 from train.config import TrainConfig
 
 from conftest import training_inputs
@@ -12,7 +12,7 @@ from conftest import training_inputs
 def test_loss_is_finite_scalar(method, tiny_model, tiny_problem):
     images, labels = tiny_problem
     model = tiny_model(method)
-    loss = build_loss(resolve(TrainConfig(method=method), 1))(model(training_inputs(method, images)),
+    loss = build_loss(TrainConfig().override(method=method).resolved(1))(model(training_inputs(method, images)),
                                                               labels)
     assert loss.shape == ()
     assert torch.isfinite(loss)
@@ -23,7 +23,7 @@ def test_loss_is_finite_scalar(method, tiny_model, tiny_problem):
 def test_gradients_reach_points_and_radius(method, tiny_model, tiny_problem):
     images, labels = tiny_problem
     model = tiny_model(method)
-    build_loss(resolve(TrainConfig(method=method), 1))(model(images), labels).backward()
+    build_loss(TrainConfig().override(method=method).resolved(1))(model(images), labels).backward()
     assert model.head.points.grad is not None and model.head.points.grad.abs().sum() > 0
     assert model.head.radius.grad is not None and model.head.radius.grad.abs().sum() > 0
     assert model.backbone.features[0][0].weight.grad.abs().sum() > 0
@@ -33,7 +33,7 @@ def test_gradients_reach_points_and_radius(method, tiny_model, tiny_problem):
 def test_loss_falls_on_tiny_problem(method, tiny_model, tiny_problem):
     images, labels = tiny_problem
     model = tiny_model(method)
-    loss_fn = build_loss(resolve(TrainConfig(method=method), 1))
+    loss_fn = build_loss(TrainConfig().override(method=method).resolved(1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
     losses = []
     for _ in range(20):
@@ -68,6 +68,6 @@ def test_temperature_divides_the_logits(method):
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     outputs = {"logits": logits, "distances": torch.zeros(2, 2), "radius": torch.tensor([0.0])}
     target = torch.tensor([0, 0])
-    loss = build_loss(resolve(TrainConfig(method=method, temperature=0.5, open_space_weight=0.0), 1))
+    loss = build_loss(TrainConfig().override(method=method, temperature=0.5, open_space_weight=0.0).resolved(1))
     expected = torch.nn.functional.cross_entropy(logits / 0.5, target)  # open-space weight 0
     assert loss(outputs, target).item() == pytest.approx(expected.item(), rel=1e-6)

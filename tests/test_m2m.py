@@ -1,4 +1,5 @@
-"""M2m (Kim et al. 2020): seed and acceptance probabilities, the translation, the batch hook, g loading."""
+"""M2m (Kim et al. 2020): seed and acceptance probabilities, the translation, the batch hook,
+loading the steering classifier g."""
 import math
 
 import pytest
@@ -7,8 +8,10 @@ import torch
 from models import build_classifier
 from tests.conftest import tiny_spec
 from cli_errors import UserError
-from train.m2m import (M2mSettings, MajorToMinor, acceptance_probability, generation_probability,
-                       load_g, translate)
+from rundir import Checkpoint, RunDirectory
+from train.config import M2mConfig
+from train.m2m import (MajorToMinor, acceptance_probability, generation_probability, load_steering,
+                       translate)
 
 
 def test_acceptance_probability_is_one_minus_beta_to_the_count_gap():
@@ -45,7 +48,7 @@ def test_translation_moves_a_seed_towards_the_target_class_under_a_fixed_g(tiny_
     with torch.no_grad():
         before = torch.log_softmax(g(seeds)["logits"], 1)[:, 2]
     assert before.max() < -10  # g is sure these are not class 2
-    x = translate(g, f, seeds, torch.zeros(4, dtype=torch.long), targets, lam=0.0, eta=0.5,
+    x = translate(g, f, seeds, torch.zeros(4, dtype=torch.long), targets, seed_weight=0.0, step_size=0.5,
                   steps=20, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         after = torch.log_softmax(g(x)["logits"], 1)[:, 2]
@@ -62,9 +65,9 @@ def test_translation_lowers_f_seed_logit_when_only_lambda_term_acts(tiny_problem
     g = build_classifier(tiny_spec("softmax")).eval()
     seeds = images[labels == 0][:4]
     seed_classes = torch.zeros(4, dtype=torch.long)
-    x0 = translate(g, f, seeds, seed_classes, torch.full((4,), 2), lam=1.0, eta=0.5, steps=0,
+    x0 = translate(g, f, seeds, seed_classes, torch.full((4,), 2), seed_weight=1.0, step_size=0.5, steps=0,
                    generator=torch.Generator().manual_seed(0))  # noise only
-    x = translate(g, f, seeds, seed_classes, torch.full((4,), 2), lam=1e3, eta=0.5, steps=10,
+    x = translate(g, f, seeds, seed_classes, torch.full((4,), 2), seed_weight=1e3, step_size=0.5, steps=10,
                   generator=torch.Generator().manual_seed(0))
     assert torch.all(f(x)["logits"][:, 0] < f(x0)["logits"][:, 0] - 1.0)
 
@@ -74,7 +77,8 @@ def hook(tiny_problem, counts, beta=0.99, gamma=0.0, start_epoch=1, steps=0):
     images, labels = tiny_problem
     pixels = (images * 255).round().to(torch.uint8)
     picks = torch.cat([(labels == k).nonzero().view(-1)[:1].repeat(n) for k, n in enumerate(counts)])
-    settings = M2mSettings(start_epoch=start_epoch, beta=beta, lam=0.5, gamma=gamma, eta=0.1, steps=steps)
+    settings = M2mConfig(start_epoch=start_epoch, beta=beta, seed_weight=0.5, accept_confidence=gamma,
+                         step_size=0.1, steps=steps)
     g = fitted_g(tiny_problem)
     f = build_classifier(tiny_spec("softmax"))
     return MajorToMinor(g, f, pixels[picks], labels[picks], settings, "none", seed=0)
@@ -121,32 +125,33 @@ def test_hook_rejects_everything_g_is_not_confident_about(tiny_problem):
 def save_run(path, class_names, input_shape, method="softmax"):
     path.mkdir()
     model = build_classifier(tiny_spec("softmax"))
-    torch.save({"model_spec": tiny_spec("softmax").to_dict(), "state_dict": model.state_dict(),
-                "class_names": class_names, "input_shape": input_shape, "method": method},
-               path / "model.pt")
+    RunDirectory(path).write_checkpoint(Checkpoint(
+        model_spec=tiny_spec("softmax").to_dict(), state_dict=model.state_dict(),
+        class_names=class_names, input_shape=input_shape, method=method, threshold=0.0,
+        threshold_rule="none (test)"))
     return str(path)
 
 
-def test_load_g_accepts_a_compatible_run_and_names_what_is_wrong(tmp_path):
+def test_load_steering_accepts_a_compatible_run_and_names_what_is_wrong(tmp_path):
     good = save_run(tmp_path / "good", ["a", "b", "c"], [1, 8, 8])
-    g = load_g(good, ["a", "b", "c"], [1, 8, 8])
+    g = load_steering(good, ["a", "b", "c"], [1, 8, 8])
     assert not g.training and g(torch.rand(2, 1, 8, 8))["logits"].shape == (2, 3)
     with pytest.raises(UserError, match="trained on classes"):
-        load_g(good, ["a", "b", "d"], [1, 8, 8])
+        load_steering(good, ["a", "b", "d"], [1, 8, 8])
     with pytest.raises(UserError, match="input shape"):
-        load_g(good, ["a", "b", "c"], [1, 28, 28])
+        load_steering(good, ["a", "b", "c"], [1, 28, 28])
     with pytest.raises(UserError, match="no model.pt"):
-        load_g(str(tmp_path), ["a", "b", "c"], [1, 8, 8])
+        load_steering(str(tmp_path), ["a", "b", "c"], [1, 8, 8])
     arpl = save_run(tmp_path / "arpl", ["a", "b", "c"], [1, 8, 8], method="arpl")
     with pytest.raises(UserError, match="plain-CE softmax run"):
-        load_g(arpl, ["a", "b", "c"], [1, 8, 8])
+        load_steering(arpl, ["a", "b", "c"], [1, 8, 8])
     cb = save_run(tmp_path / "cb", ["a", "b", "c"], [1, 8, 8])
     (tmp_path / "cb" / "config.json").write_text('{"method": "softmax", "loss": "cb-softmax"}')
     with pytest.raises(UserError, match="with --loss cb-softmax"):
-        load_g(cb, ["a", "b", "c"], [1, 8, 8])
+        load_steering(cb, ["a", "b", "c"], [1, 8, 8])
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "model.pt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="cannot load"):
-        load_g(str(tmp_path / "broken"), ["a", "b", "c"], [1, 8, 8])
+        load_steering(str(tmp_path / "broken"), ["a", "b", "c"], [1, 8, 8])
     with torch.no_grad():
         assert math.isfinite(float(g(torch.rand(1, 1, 8, 8))["logits"].sum()))

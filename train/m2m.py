@@ -1,31 +1,31 @@
 """M2m: major-to-minor translation (Kim, Jeong & Shin, CVPR 2020), as a batch hook of fit().
 
-A fixed classifier g, trained with plain CE on the same imbalanced data, and the classifier f
-being trained. From `start_epoch` on, every batch is re-drawn class-balanced (the official
+A fixed steering classifier g (`steering`, the generator run's), trained with plain CE on the
+same imbalanced data, and the classifier f (`classifier`) being trained. From `start_epoch` on, every batch is re-drawn class-balanced (the official
 code's switch to an over-sampled loader); a slot of class k becomes a generation slot with
 probability 1 - N_k / N_max. For it a seed class k0 ~ Q(k0 | k) ∝ 1 - beta^max(N_k0 - N_k, 0)
 and a seed image x0 of class k0 are drawn, and
 
     x* = argmin_{x = x0 + delta} CE(g(x), k) + lambda * f_k0(x)
 
-is approximated from x0 + noise (L2 <= 0.5) by T normalised-gradient steps of size eta,
+(lambda = `seed_weight`) is approximated from x0 + noise (L2 <= 0.5) by T normalised-gradient
+steps of size eta (`step_size`),
 clipped to [0, 1]. x* replaces the slot's real (over-sampled) image only if
-softmax(g(x*))_k >= gamma and a Bernoulli(1 - beta^max(N_k0 - N_k, 0)) draw succeeds.
+softmax(g(x*))_k >= gamma (`accept_confidence`) and a Bernoulli(1 - beta^max(N_k0 - N_k, 0)) draw succeeds.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from train.checkpoints import load_run_classifier
-from train.drs import class_members, draw_images
 from cli_errors import UserError
+from rundir import RunDirectory
+from train.checkpoints import load_fitting_classifier
+from train.config import M2mConfig, TrainConfig
+from train.drs import class_members, draw_images
 
 
 def acceptance_probability(counts: Sequence[int], beta: float) -> torch.Tensor:
@@ -48,31 +48,21 @@ def random_l2_noise(like: torch.Tensor, radius: float, generator: torch.Generato
     return noise * (radius / norms).clamp(max=1).view(-1, 1, 1, 1)
 
 
-def translate(g: nn.Module, f: nn.Module, seeds: torch.Tensor, seed_classes: torch.Tensor,
-              targets: torch.Tensor, lam: float, eta: float, steps: int,
-              generator: torch.Generator) -> torch.Tensor:
+def translate(steering: nn.Module, classifier: nn.Module, seeds: torch.Tensor,
+              seed_classes: torch.Tensor, targets: torch.Tensor, seed_weight: float,
+              step_size: float, steps: int, generator: torch.Generator) -> torch.Tensor:
     """x* ~ argmin_x CE(g(x), k) + lambda * f_k0(x) from x0 + noise; B x C x H x W in [0, 1].
 
     Both networks are used as they are (put them in eval mode first); only x is optimised."""
     x = (seeds + random_l2_noise(seeds, 0.5, generator)).clamp(0, 1)
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
-        seed_logit = f(x)["logits"].gather(1, seed_classes[:, None]).mean()  # f_k0(x)
-        objective = F.cross_entropy(g(x)["logits"], targets) + lam * seed_logit
+        seed_logit = classifier(x)["logits"].gather(1, seed_classes[:, None]).mean()  # f_k0(x)
+        objective = F.cross_entropy(steering(x)["logits"], targets) + seed_weight * seed_logit
         grad, = torch.autograd.grad(objective, [x])  # B x C x H x W
         norms = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
-        x = (x - eta * grad / norms).clamp(0, 1)
+        x = (x - step_size * grad / norms).clamp(0, 1)
     return x.detach()
-
-
-@dataclass(frozen=True)
-class M2mSettings:
-    start_epoch: int = 20
-    beta: float = 0.999
-    lam: float = 0.5
-    gamma: float = 0.9
-    eta: float = 0.1
-    steps: int = 10
 
 
 class MajorToMinor:
@@ -81,10 +71,10 @@ class MajorToMinor:
     Holds the training set (uint8 N x C x H x W, labels N) to re-draw class-balanced batches
     and seeds, and counts per class how many samples it generated and accepted."""
 
-    def __init__(self, g: nn.Module, f: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 settings: M2mSettings, augmentation: str, seed: int):
-        self.g = g.eval().requires_grad_(False)
-        self.f = f
+    def __init__(self, steering: nn.Module, classifier: nn.Module, images: torch.Tensor,
+                 labels: torch.Tensor, settings: M2mConfig, augmentation: str, seed: int):
+        self.steering = steering.eval().requires_grad_(False)
+        self.classifier = classifier
         self.images, self.labels = images, labels
         self.settings = settings
         self.augmentation = augmentation
@@ -123,14 +113,15 @@ class MajorToMinor:
         seed_classes = torch.multinomial(p_pair, 1, generator=self.generator).squeeze(1)  # B
         seeds = self.draw(seed_classes, like)
         device = like.device
-        was_training = self.f.training
-        self.f.eval()
-        generated = translate(self.g, self.f, seeds, seed_classes.to(device), targets.to(device),
-                              s.lam, s.eta, s.steps, self.generator)
-        self.f.train(was_training)
+        was_training = self.classifier.training
+        self.classifier.eval()
+        generated = translate(self.steering, self.classifier, seeds, seed_classes.to(device),
+                              targets.to(device), s.seed_weight, s.step_size, s.steps, self.generator)
+        self.classifier.train(was_training)
         with torch.no_grad():
-            confidence = torch.softmax(self.g(generated)["logits"], 1)  # B x K
-        confident = confidence.gather(1, targets.to(device)[:, None]).squeeze(1).cpu() >= s.gamma
+            confidence = torch.softmax(self.steering(generated)["logits"], 1)  # B x K
+        confident = (confidence.gather(1, targets.to(device)[:, None]).squeeze(1).cpu()
+                     >= s.accept_confidence)
         lucky = torch.bernoulli(p_pair.gather(1, seed_classes[:, None]).squeeze(1),
                                 generator=self.generator).bool()
         accept = confident & lucky  # B
@@ -145,15 +136,17 @@ class MajorToMinor:
                 for k, (name, n) in enumerate(zip(class_names, train_counts))}
 
 
-def load_g(run_dir: str, class_names: Sequence[str], input_shape: Sequence[int]) -> nn.Module:
+def load_steering(run_dir: str, class_names: Sequence[str], input_shape: Sequence[int]) -> nn.Module:
     """The fixed classifier g from a plain-CE run directory that fits this run's data."""
-    g, ckpt = load_run_classifier(run_dir, "--m2m-g", class_names, input_shape)
-    config_path = Path(run_dir) / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    loss = config.get("loss", "ce")
-    if config.get("logit_adjust", 0) > 0 or config.get("drs", False):
+    flag = "--m2m-generator-run"
+    steering, checkpoint = load_fitting_classifier(run_dir, flag, class_names, input_shape)
+    directory = RunDirectory(run_dir)
+    saved = (TrainConfig.from_dict(directory.read_config()) if directory.config_path.is_file()
+             else TrainConfig(method=checkpoint.method))
+    loss = saved.long_tail.loss
+    if saved.long_tail.logit_adjust > 0 or saved.long_tail.drs:
         loss = "ce with --logit-adjust / --drs"
-    if ckpt.get("method") != "softmax" or loss != "ce":
-        raise UserError(f"--m2m-g {run_dir}: g must be a plain-CE softmax run, "
-                        f"this one is {ckpt.get('method')!r} with --loss {loss}")
-    return g
+    if checkpoint.method != "softmax" or loss != "ce":
+        raise UserError(f"{flag} {run_dir}: it must be a plain-CE softmax run, "
+                        f"this one is {checkpoint.method!r} with --loss {loss}")
+    return steering

@@ -54,3 +54,18 @@ def plot_per_class_recall(recall: dict[str, float], train_counts: dict[str, int]
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_run(out: Path, cfg, metrics: dict, known: np.ndarray, unknown: np.ndarray,
+             threshold: float) -> None:
+    """A run's plots: ROC (open-set runs), served-score histogram, per-class recall."""
+    title = f"{cfg.method} ({metrics['score']}) on {metrics['dataset']}"
+    if metrics["auroc"] is not None:  # closed-set runs have no unknowns to draw
+        plot_roc(known, unknown, metrics["auroc"], out / "roc.png", title)
+    plot_score_histogram(known, unknown, threshold, out / "unknown_scores.png", title)
+    lt = cfg.long_tail
+    variant = (cfg.method + ("" if lt.loss == "ce" else f" + {lt.loss}")
+               + (" + M2m" if lt.m2m.enabled else ""))
+    plot_per_class_recall(metrics["per_class_recall"], metrics["train_counts"],
+                          out / "per_class_recall.png", f"{variant} on {metrics['dataset']}, rho "
+                          f"{lt.imbalance:g}: balanced acc {metrics['balanced_acc']:.3f}")

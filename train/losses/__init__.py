@@ -12,8 +12,9 @@ LOSSES = {
     "arpl": AdversarialReciprocalPointLoss,
     "sla": SelfLabelAugmentationLoss,  # wraps one of the above (--sla-task) for the shipped head
 }
-# single-head methods: the task a wrapper (SLA, RKD with --teacher) trains its shipped head with
-TASKS = ("softmax", "rpl", "arpl")
+# single-head methods (those with a head): the task a wrapper (SLA, RKD with --teacher) trains
+# its shipped head with
+TASKS = tuple(name for name, loss in LOSSES.items() if hasattr(loss, "head"))
 
 __all__ = ["LOSSES", "TASKS", "CrossEntropyLoss", "ReciprocalPointLoss",
            "AdversarialReciprocalPointLoss", "SelfLabelAugmentationLoss",

@@ -7,24 +7,13 @@ learnable radius (the official code's MarginRankingLoss(margin=1) on (R, d_e)).
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from train.losses.reciprocal import ReciprocalLoss
 
-class AdversarialReciprocalPointLoss(nn.Module):
-    head = "reciprocal"  # with variant "arpl"
+
+class AdversarialReciprocalPointLoss(ReciprocalLoss):
     default_temperature = 1.0
 
-    def __init__(self, temperature: float = 1.0, open_space_weight: float = 0.1,
-                 classification: nn.Module | None = None):
-        super().__init__()
-        self.temperature = temperature
-        # the CE term; a class-balanced loss (class_balanced.py) can take its place
-        self.classification = nn.CrossEntropyLoss() if classification is None else classification
-        self.open_space_weight = open_space_weight
-
-    def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        logits = outputs["logits"] / self.temperature  # B x K
-        own_distance = outputs["distances"].gather(1, target[:, None]).squeeze(1)  # B
-        open_space = F.relu(own_distance - outputs["radius"] + 1).mean()
-        return self.classification(logits, target) + self.open_space_weight * open_space
+    def open_space(self, own_distance: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+        return F.relu(own_distance - radius + 1).mean()

@@ -17,5 +17,10 @@ class CrossEntropyLoss(nn.Module):
         # the CE term; a class-balanced loss (class_balanced.py) can take its place
         self.classification = nn.CrossEntropyLoss() if classification is None else classification
 
+    @classmethod
+    def from_config(cls, cfg, classification: nn.Module | None = None) -> "CrossEntropyLoss":
+        """From a resolved train.config.TrainConfig (every task loss has this constructor)."""
+        return cls(cfg.temperature, classification)
+
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return self.classification(outputs["logits"] / self.temperature, target)

@@ -1,0 +1,149 @@
+"""A training run directory: the one module that writes and reads its files.
+
+    model.pt       Checkpoint: model spec, weights, class names, calibrated thresholds
+    config.json    the resolved training configuration (train/config.py, nested sections)
+    metrics.json   the run's evaluation
+    split.npz      the open-set split: dataset indices of train / val / test_known / test_unknown
+
+Training writes it; export, the int8 check, the benchmark, M2m's generator run, RKD's teacher
+and the tests read it through here. Imports models/ and data/, nothing from train/ or export/.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cli_errors import UserError
+from data.datasets import load_dataset
+from data.splits import OpenSetSplit
+from models import ModelSpec, OpenSetClassifier, build_classifier
+
+SPLIT_PARTS = ("train", "val", "test_known", "test_unknown")
+
+
+class RunDirError(UserError):
+    """A run directory that is missing, incomplete or unreadable; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """model.pt: everything needed to rebuild, serve and threshold the classifier."""
+    model_spec: dict
+    state_dict: dict
+    class_names: list[str]
+    input_shape: list[int]  # C, H, W
+    method: str
+    threshold: float  # on the served unknown_score: known iff score <= threshold
+    threshold_rule: str
+    temperature: float = 1.0  # probabilities = softmax(logits / T)
+    head_threshold: float | None = None  # on the head's own score (export --head-score)
+    aggregated_threshold: float | None = None  # SLA+AG's (export --sla-aggregate)
+    macs: int | None = None
+
+    def classifier(self) -> OpenSetClassifier:
+        """The network with these weights, in eval mode."""
+        classifier = build_classifier(ModelSpec.from_dict(self.model_spec))
+        classifier.load_state_dict(self.state_dict)
+        return classifier.eval()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+REQUIRED = [item.name for item in fields(Checkpoint) if item.default is MISSING]
+
+
+class RunDirectory:
+    """Paths and readers/writers of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoint_path = self.path / "model.pt"
+        self.config_path = self.path / "config.json"
+        self.metrics_path = self.path / "metrics.json"
+        self.split_path = self.path / "split.npz"
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot create directory ({exc.strerror})") from None
+
+    def write(self, checkpoint: Checkpoint, config: dict, metrics: dict,
+              split: OpenSetSplit | None = None) -> None:
+        """All of a run's files (plots are the caller's)."""
+        self.create()
+        self.write_checkpoint(checkpoint)
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
+        self.metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        if split is not None:
+            np.savez(self.split_path, known_classes=np.array(split.known_classes),
+                     **{part: getattr(split, part) for part in SPLIT_PARTS})
+
+    def write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        torch.save(checkpoint.to_dict(), self.checkpoint_path)
+
+    def _need(self, path: Path) -> None:
+        if not path.is_file():
+            raise RunDirError(f"{self.path}: not a run directory (no {path.name})")
+
+    def read_checkpoint(self) -> Checkpoint:
+        """model.pt, checked for every key a consumer relies on."""
+        self._need(self.checkpoint_path)
+        try:
+            saved = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bad input file
+            raise RunDirError(f"{self.path}: cannot load model.pt ({type(exc).__name__})") from None
+        missing = [key for key in REQUIRED if key not in saved] if isinstance(saved, dict) else REQUIRED
+        if missing:
+            raise RunDirError(f"{self.path}: the checkpoint lacks {', '.join(missing)} "
+                              "(re-run training)")
+        known = {item.name for item in fields(Checkpoint)}
+        return Checkpoint(**{key: value for key, value in saved.items() if key in known})
+
+    def load_classifier(self) -> tuple[OpenSetClassifier, Checkpoint]:
+        """(classifier in eval mode, checkpoint); a spec or weights that do not fit -> error."""
+        checkpoint = self.read_checkpoint()
+        try:
+            return checkpoint.classifier(), checkpoint
+        except Exception as exc:  # noqa: BLE001 - a checkpoint that does not rebuild is bad input
+            raise RunDirError(f"{self.path}: cannot load model.pt ({type(exc).__name__}: "
+                              f"{exc})") from None
+
+    def _read_json(self, path: Path) -> dict:
+        self._need(path)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise RunDirError(f"{self.path}: cannot read {path.name} ({exc})") from None
+
+    def read_config(self) -> dict:
+        return self._read_json(self.config_path)
+
+    def read_metrics(self) -> dict:
+        return self._read_json(self.metrics_path)
+
+    def read_split(self) -> OpenSetSplit:
+        if not self.split_path.is_file():
+            raise RunDirError(f"{self.path}: no split.npz (a run trained before the split was "
+                              "saved; re-run training)")
+        with np.load(self.split_path) as saved:
+            return OpenSetSplit(tuple(int(c) for c in saved["known_classes"]),
+                                *(saved[part] for part in SPLIT_PARTS))
+
+    def split_images(self) -> dict[str, np.ndarray]:
+        """The run's own train / test images (float [0, 1]) and test labels, from the dataset
+        its config names and the indices in split.npz."""
+        split = self.read_split()
+        data = load_dataset(self.read_config()["dataset"])
+        labels = split.relabel(data.labels)
+
+        def pixels(idx: np.ndarray) -> np.ndarray:
+            return data.images[idx].astype(np.float32) / 255
+
+        return {"train": pixels(split.train), "test_known": pixels(split.test_known),
+                "test_labels": labels[split.test_known], "test_unknown": pixels(split.test_unknown)}

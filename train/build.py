@@ -1,0 +1,56 @@
+"""The build stage of a run: the network (from its ModelSpec) and the method's loss."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models import ModelSpec, OpenSetClassifier, build_classifier
+from train.config import LongTailConfig, TrainConfig
+from train.losses import LOSSES, RelationalDistillationLoss, SelfLabelAugmentationLoss
+from train.losses.class_balanced import SIGMOID_LOSSES, build_class_balanced, init_sigmoid_bias
+from train.losses.logit_adjusted import LogitAdjustedLoss
+from train.run_data import RunData
+
+
+def model_spec(cfg: TrainConfig, data: RunData) -> ModelSpec:
+    """The network a resolved config trains; normalisation statistics from the training images."""
+    pixels = data.images("train").astype(np.float32) / 255  # N x C x H x W
+    return ModelSpec(
+        arch=cfg.arch, in_channels=data.input_shape[0], num_classes=len(data.known_names),
+        head=cfg.head, width=cfg.width,
+        variant=cfg.task if cfg.head == "reciprocal" else "arpl",
+        points_per_class=cfg.reciprocal.points_per_class,
+        feature_scale=cfg.reciprocal.feature_scale, score=cfg.score,
+        sla_transform=cfg.sla.transform if cfg.method == "sla" else "none",
+        mean=tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
+        std=tuple(float(s) + 1e-6 for s in pixels.std(axis=(0, 2, 3))),
+    )
+
+
+def build_model(cfg: TrainConfig, data: RunData) -> tuple[ModelSpec, OpenSetClassifier]:
+    spec = model_spec(cfg, data)
+    model = build_classifier(spec)
+    if cfg.long_tail.loss in SIGMOID_LOSSES:
+        init_sigmoid_bias(model.head.fc)
+    return spec, model
+
+
+def classification_term(cfg: LongTailConfig, class_counts: list[int] | None) -> torch.nn.Module | None:
+    """The CE term's replacement under --loss cb-* or --logit-adjust (None: plain CE); both
+    need the training class counts."""
+    if cfg.logit_adjust > 0:
+        return LogitAdjustedLoss(class_counts, cfg.logit_adjust)
+    if cfg.loss != "ce":
+        return build_class_balanced(cfg.loss, class_counts, cfg.cb_beta, cfg.focal_gamma)
+    return None
+
+
+def build_loss(cfg: TrainConfig, class_counts: list[int] | None = None) -> torch.nn.Module:
+    """The method's loss from a resolved config: the task loss, wrapped by SLA and/or RKD."""
+    loss = LOSSES[cfg.task].from_config(cfg, classification_term(cfg.long_tail, class_counts))
+    if cfg.method == "sla":
+        loss = SelfLabelAugmentationLoss(loss, cfg.sla.transform, cfg.sla.temperature,
+                                         cfg.sla.aggregate_loss)
+    if cfg.rkd.teacher is not None:
+        loss = RelationalDistillationLoss(loss, cfg.rkd.distance_weight, cfg.rkd.angle_weight)
+    return loss
