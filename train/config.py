@@ -20,7 +20,7 @@ from models import linear_head, reciprocal_points
 from models.backbones import BACKBONES
 from models.sla import NUM_VIEWS
 from train.augment import AUGMENTATIONS
-from train.losses import LOSSES, TASKS
+from train.losses import LOSSES, task_names
 from train.losses.class_balanced import CLASS_BALANCED, SIGMOID_LOSSES
 
 SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.SCORES}
@@ -96,7 +96,7 @@ class DetectorConfig:
 class SlaConfig:
     """SLA (--method sla, Lee et al. 2020): the shipped single-pass head is trained by `task`."""
     task: str = setting("softmax", "method of the single-pass head SLA distils into: "
-                        + " | ".join(TASKS))
+                        + " | ".join(task_names()))
     transform: str = setting("rotation", "SLA transformations: rotation (M = 4) | permutation "
                              "(M = 6, RGB input)")
     temperature: float = setting(1.0, "SLA self-distillation temperature T")
@@ -104,7 +104,7 @@ class SlaConfig:
                                    "CE(s, y) (the official code's --with-training-agg)")
 
     def validate(self) -> None:
-        check_choice("--sla-task", self.task, TASKS)
+        check_choice("--sla-task", self.task, task_names())
         check_choice("--sla-transform", self.transform, NUM_VIEWS)
         positive({"sla-temperature": self.temperature})
 

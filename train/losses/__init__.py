@@ -12,10 +12,13 @@ LOSSES = {
     "arpl": AdversarialReciprocalPointLoss,
     "sla": SelfLabelAugmentationLoss,  # wraps one of the above (--sla-task) for the shipped head
 }
-# single-head methods (those with a head): the task a wrapper (SLA, RKD with --teacher) trains
-# its shipped head with
-TASKS = tuple(name for name, loss in LOSSES.items() if hasattr(loss, "head"))
 
-__all__ = ["LOSSES", "TASKS", "CrossEntropyLoss", "ReciprocalPointLoss",
+
+def task_names() -> tuple[str, ...]:
+    """The single-head methods (those with a head): what a wrapper (SLA, RKD with --teacher)
+    can train its shipped head with. Read from LOSSES on each call, so a new entry counts."""
+    return tuple(name for name, loss in LOSSES.items() if hasattr(loss, "head"))
+
+__all__ = ["LOSSES", "task_names", "CrossEntropyLoss", "ReciprocalPointLoss",
            "AdversarialReciprocalPointLoss", "SelfLabelAugmentationLoss",
            "RelationalDistillationLoss"]

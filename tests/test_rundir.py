@@ -1,0 +1,112 @@
+"""The run directory (rundir.py) and the nested training config that it stores."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cli_errors import UserError
+from data.datasets import load_dataset
+from data.splits import open_set_split
+from models import build_classifier
+from rundir import Checkpoint, RunDirectory, RunDirError
+from tests.conftest import tiny_spec
+from train.config import SETTINGS, TrainConfig, from_flat
+from train.run import finished_run
+
+
+def checkpoint(**changes) -> Checkpoint:
+    model = build_classifier(tiny_spec("arpl"))
+    values = dict(model_spec=tiny_spec("arpl").to_dict(), state_dict=model.state_dict(),
+                  class_names=["a", "b", "c"], input_shape=[1, 8, 8], method="arpl",
+                  threshold=0.25, threshold_rule="test")
+    return Checkpoint(**{**values, **changes})
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_network(tmp_path):
+    written = checkpoint(head_threshold=0.5)
+    RunDirectory(tmp_path).write_checkpoint(written)
+    classifier, read = RunDirectory(tmp_path).load_classifier()
+    assert (read.threshold, read.head_threshold, read.class_names) == (0.25, 0.5, ["a", "b", "c"])
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(classifier(images)["logits"], written.classifier()(images)["logits"])
+    assert not classifier.training
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: None, "not a run directory (no model.pt)"),
+    (lambda path: (path / "model.pt").write_text("not a checkpoint"), "cannot load model.pt"),
+    (lambda path: torch.save({"model_spec": {}}, path / "model.pt"),
+     "the checkpoint lacks state_dict, class_names, input_shape, method, threshold, "
+     "threshold_rule (re-run training)"),
+])
+def test_a_bad_run_directory_names_what_is_wrong(tmp_path, damage, message):
+    damage(tmp_path)
+    with pytest.raises(RunDirError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunDirectory(tmp_path).read_checkpoint()
+    assert issubclass(RunDirError, UserError)  # every CLI turns it into one line, exit 2
+
+
+def test_split_round_trip_and_the_images_it_selects(tmp_path):
+    data = load_dataset("digits")
+    split = open_set_split(data.labels, (0, 1, 2, 3, 4, 5), 3)
+    directory = RunDirectory(tmp_path)
+    directory.write(checkpoint(), {"dataset": "digits"}, {"closed_acc": 1.0}, split)
+    read = directory.read_split()
+    assert read.known_classes == split.known_classes
+    for part in ("train", "val", "test_known", "test_unknown"):
+        assert np.array_equal(getattr(read, part), getattr(split, part))
+    images = directory.split_images()
+    assert np.array_equal(images["test_known"], data.images[split.test_known] / np.float32(255))
+    assert np.array_equal(images["test_labels"], split.relabel(data.labels)[split.test_known])
+    assert len(images["test_unknown"]) == len(split.test_unknown) > 0
+
+
+def test_a_run_without_split_npz_is_named(tmp_path):
+    RunDirectory(tmp_path).write(checkpoint(), {"dataset": "digits"}, {})
+    with pytest.raises(RunDirError, match="no split.npz"):
+        RunDirectory(tmp_path).read_split()
+
+
+def test_flat_names_are_the_flags_and_round_trip():
+    cfg = TrainConfig().override(sla_task="rpl", m2m=True, m2m_generator_run="g", m2m_lambda=0.3,
+                                 detector="vim", teacher="t", imbalance=10.0, points_per_class=2)
+    assert (cfg.sla.task, cfg.long_tail.m2m.enabled, cfg.long_tail.m2m.generator_run) == ("rpl", True, "g")
+    assert (cfg.long_tail.m2m.seed_weight, cfg.detector.name, cfg.rkd.teacher) == (0.3, "vim", "t")
+    assert (cfg.long_tail.imbalance, cfg.reciprocal.points_per_class) == (10.0, 2)
+    assert from_flat(cfg.flat()) == cfg and TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert len({item.name for item in SETTINGS}) == len(SETTINGS)  # one place per flag
+    with pytest.raises(TypeError, match="unknown settings"):
+        cfg.override(m2m_g="old name")
+
+
+def write_config(path, config: dict, metrics: dict) -> None:
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_finished_run_matches_configs_and_treats_newer_settings_as_defaults(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path), epochs=3)
+    assert finished_run(cfg) is None  # nothing there yet
+    write_config(tmp_path, cfg.override(out="elsewhere", score="mls").to_dict(), {"closed_acc": 0.5})
+    assert finished_run(cfg) == {"closed_acc": 0.5}
+    assert finished_run(cfg.override(epochs=4)) is None
+    assert finished_run(cfg.override(imbalance=10.0)) is None
+    assert finished_run(cfg.override(score="msp")) is None
+    # SLA's settings change only SLA runs: a plain run is reused across them, an SLA run is not
+    assert finished_run(cfg.override(sla_temperature=4.0)) == {"closed_acc": 0.5}
+    sla = cfg.override(method="sla", out=str(tmp_path / "sla"))
+    write_config(tmp_path / "sla", sla.to_dict(), {"closed_acc": 0.7})
+    assert finished_run(sla) == {"closed_acc": 0.7}
+    assert finished_run(sla.override(sla_temperature=4.0)) is None
+
+
+def test_finished_run_reads_the_flat_config_of_older_runs(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path))
+    old = {k: v for k, v in cfg.flat().items() if k not in ("detector", "knn_k", "bank_size",
+                                                            "m2m_generator_run")}
+    write_config(tmp_path, {**old, "m2m_g": None}, {"closed_acc": 0.5})
+    assert finished_run(cfg) is None  # today's default serves k-NN; that run did not
+    assert finished_run(cfg.override(detector="none")) == {"closed_acc": 0.5}
