@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# CPU: onnxruntime; GPU=1: onnxruntime-gpu. Never both (they share the onnxruntime module).
+# CPU: onnxruntime (extra `cpu`); GPU=1: onnxruntime-gpu (extra `gpu`). Never both: they share
+# the onnxruntime module, so the other one is uninstalled before this one goes in.
+ORT_EXTRA := $(if $(GPU),gpu,cpu)
 ORT_PACKAGE := $(if $(GPU),onnxruntime-gpu,onnxruntime)
 OTHER_ORT := $(if $(GPU),onnxruntime,onnxruntime-gpu)
 STAMP := $(VENV)/.installed-$(ORT_PACKAGE)
@@ -16,15 +18,15 @@ LOAD_MIX ?= known=70,unknown=25,bad=5
 MAX_FAIL_RATIO ?= 0
 MAX_P95_MS ?= 1000
 
-.PHONY: serve stop test train export protocol load bench clean-venv
+.PHONY: serve stop test test-fast train export protocol load bench clean-venv
 
-$(STAMP): requirements.txt
+# pyproject.toml is the one dependency list; the stamp re-installs when it changes.
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip uninstall --quiet --yes $(OTHER_ORT) 2>/dev/null || true
 	rm -f $(VENV)/.installed-$(OTHER_ORT)
-	$(PY) -m pip install --quiet "$(ORT_PACKAGE)>=1.18"
+	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),dev]"
 	touch $(STAMP)
 
 # The main job: train the default open-set model if there is none, export, archive, serve.
@@ -36,6 +38,10 @@ stop: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The quick loop: no TorchServe, no training past a few steps (tests marked `slow` are skipped).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 $(RUN_DIR)/model.pt: | $(STAMP)
 	$(PY) -m train --method arpl --dataset mnist5k --out $(RUN_DIR)
