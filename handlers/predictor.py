@@ -1,6 +1,7 @@
 """Framework-free open-set predictor (numpy + onnxruntime + Pillow): requests in, answers out.
 
-The TorchServe handler and the batch scorer are thin adapters over `Predictor`.
+The TorchServe handler and the batch scorer are thin adapters over `Predictor`; the known /
+unknown decision is made here (`Predictor.decide`) and nowhere else.
 """
 from __future__ import annotations
 
@@ -52,31 +53,39 @@ class Predictor:
         top = np.argsort(-probabilities, axis=1)[:, :self.top_k]
         return top, np.take_along_axis(probabilities, top, axis=1)
 
+    def decide(self, unknown_score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """known = unknown_score <= threshold, per image (N): the one open-set decision that the
+        server and the batch scorer answer with. Compared at the score's own precision (float32);
+        a threshold beyond that range saturates instead of overflowing."""
+        limit = np.finfo(unknown_score.dtype).max
+        return unknown_score <= np.clip(thresholds, -limit, limit).astype(unknown_score.dtype)
+
     def answers(self, outputs: Outputs, thresholds: list[float | None] | None = None) -> list[dict]:
-        """Per-image responses (DESIGN.md REST contract), vectorised over the batch.
-        `reciprocal_score` is there only for models that have it (reciprocal-point heads)."""
+        """Per-image responses (DESIGN.md REST contract), vectorised over the batch; a threshold
+        of None is the calibrated one. `reciprocal_score` is there only for models that have it
+        (reciprocal-point heads)."""
         top, top_p = self.top_classes(outputs.logits)
         names = self.info.class_names
         model = {"name": self.name, "version": self.info.model_version,
                  "method": self.info.method, "score": self.info.score}
         scores = outputs.unknown_score.tolist()
         reciprocal = None if outputs.reciprocal_score is None else outputs.reciprocal_score.tolist()
+        threshold = [self.info.threshold if t is None else float(t)
+                     for t in (thresholds or [None] * len(scores))]
+        known = self.decide(outputs.unknown_score, np.array(threshold, np.float64)).tolist()
         rows = []
         for i, (classes, probabilities) in enumerate(zip(top.tolist(), top_p.tolist())):
-            threshold = self.info.threshold if not thresholds or thresholds[i] is None \
-                else thresholds[i]
-            known = bool(outputs.unknown_score[i] <= threshold)  # float32 compare, as batch_score
             best = classes[0]
             row = {
-                "label": names[best] if known else "unknown",
-                "known": known,
+                "label": names[best] if known[i] else "unknown",
+                "known": known[i],
                 "predicted_class": names[best],
                 "class_index": best,
                 "unknown_score": scores[i],
             }
             if reciprocal is not None:
                 row["reciprocal_score"] = reciprocal[i]
-            row.update(threshold=float(threshold),
+            row.update(threshold=threshold[i],
                        probabilities=[{"label": names[k], "probability": p}
                                       for k, p in zip(classes, probabilities)],
                        model=model)

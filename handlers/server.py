@@ -1,4 +1,9 @@
-"""Start, wait for and stop a local TorchServe; read its inference token. Stdlib only.
+"""Start, wait for and stop a local TorchServe; the one owner of its two files. Stdlib only.
+
+config.properties: `read_properties` reads it, `write_config` writes a variant of it (other
+ports, model store, models) - the end-to-end tests and the benchmark call it, nobody edits the
+text by hand. key_file.json: `read_inference_key` is its one reader (the batch scorer, the load
+test and `start` call it).
 
 `python -m handlers.server start|stop` is what `make serve` / `make stop` run; the end-to-end
 tests use the same functions with their own config, working directory and TMPDIR (TorchServe
@@ -17,30 +22,75 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+KEY_FILE = "key_file.json"  # TorchServe writes it in its working directory
+ADDRESSES = ("inference_address", "management_address", "metrics_address")
+
+
+class KeyFileError(ValueError):
+    """A key file that is there but is not TorchServe's key_file.json."""
+
+
+def _property(line: str) -> tuple[str, str] | None:
+    """(key, value) of a `key=value` line of config.properties; None for comments and blanks."""
+    if not line.strip() or line.lstrip().startswith("#") or "=" not in line:
+        return None
+    key, _, value = line.partition("=")
+    return key.strip(), value.strip()
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
+    """The `key=value` properties of a config.properties file."""
+    return dict(item for item in map(_property, path.read_text().splitlines()) if item)
 
 
-def inference_key(workdir: Path) -> str | None:
-    """The inference token TorchServe wrote to key_file.json in its working directory."""
-    try:
-        return json.loads((workdir / "key_file.json").read_text())["inference"]["key"]
-    except (OSError, ValueError, KeyError):
+def _shift_port(address: str, offset: int) -> str:
+    """'http://127.0.0.1:8080' moved `offset` ports up."""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + offset}"
+
+
+def write_config(source: Path, target: Path, overrides: dict[str, str],
+                 port_offset: int = 0) -> Path:
+    """Write config.properties `source` to `target` with its three addresses moved `port_offset`
+    ports up and the properties in `overrides` replaced (appended when absent); comments and
+    every other line stay as they are."""
+    values = {key: _shift_port(value, port_offset)
+              for key, value in read_properties(source).items() if key in ADDRESSES}
+    values.update(overrides)
+    lines, written = [], set()
+    for line in source.read_text().splitlines():
+        item = _property(line)
+        if item and item[0] in values:
+            line = f"{item[0]}={values[item[0]]}"
+            written.add(item[0])
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in values.items() if key not in written]
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def read_inference_key(path: Path) -> str | None:
+    """The inference token in TorchServe's key_file.json at `path`; None when there is no such
+    file (token authorisation off, or the server has not written it yet)."""
+    if not path.is_file():
         return None
+    try:
+        key = json.loads(path.read_text())["inference"]["key"]
+    except (ValueError, KeyError, TypeError):  # not JSON, not utf-8, or another layout
+        key = None
+    if not isinstance(key, str):
+        raise KeyFileError(f"{path}: not TorchServe's key_file.json")
+    return key
 
 
 def wait_until_ready(url: str, workdir: Path, timeout: float) -> float:
     """Poll /ping (it needs the token too) until every model is Healthy; seconds it took."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        key = inference_key(workdir)
+        try:
+            key = read_inference_key(workdir / KEY_FILE)
+        except KeyFileError:  # TorchServe may be writing it right now
+            key = None
         request = urllib.request.Request(f"{url}/ping",
                                          headers={"Authorization": f"Bearer {key}"} if key else {})
         try:
@@ -70,7 +120,7 @@ def start(config: Path, workdir: Path, env: dict | None = None, timeout: float =
     url = props.get("inference_address", "http://127.0.0.1:8080")
     ready = wait_until_ready(url, workdir, timeout)
     return {"inference": url, "metrics": props.get("metrics_address", "http://127.0.0.1:8082"),
-            "key": inference_key(workdir), "seconds_to_healthy": ready}
+            "key": read_inference_key(workdir / KEY_FILE), "seconds_to_healthy": ready}
 
 
 def stop(workdir: Path, env: dict | None = None) -> None:

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from export.quantize import quantize_int8  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 from handlers.batch_score import score  # noqa: E402
 from handlers.predictor import Predictor  # noqa: E402
-from handlers.server import read_properties, start, stop  # noqa: E402
+from handlers.server import start, stop, write_config  # noqa: E402
 from models import ModelSpec, build_classifier  # noqa: E402
 
 THREADS = 2
@@ -216,6 +217,62 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
     return result
 
 
+def bench_config(workdir: Path, store: Path, names: list[str]) -> Path:
+    """config.properties of the bench server: ports 18080-18082 (beside a `make serve`), and
+    per model ours, its int8 export, and the stock path with and without batching."""
+    # ours and "stock" with the batching of config.properties; "stock-b1" with TorchServe's
+    # default batchSize 1 (what a user who never configured batching runs)
+    batch_size = {"": 16, "-int8": 16, "-stock": 16, "-stock-b1": 1}
+    models = {f"{name}{kind}": {"1": {"defaultVersion": True, "marName": f"{name}{kind}.mar",
+                                      "minWorkers": 1, "maxWorkers": 1, "batchSize": size,
+                                      "maxBatchDelay": 5, "responseTimeout": 60}}
+              for name in names for kind, size in batch_size.items()}
+    return write_config(ROOT / "config.properties", workdir / "config.properties",
+                        {"model_store": str(store), "load_models": "all",
+                         "models": json.dumps(models)}, port_offset=10000)
+
+
+def ratios(result: dict) -> dict[str, float]:
+    """Ours against the stock path and against raw onnxruntime at batch 64."""
+    ours, int8 = result["server_single_image"], result["server_int8_single_image"]
+    stock, stock_b1 = result["stock_single_image"], result["stock_single_image_batch1"]
+    raw64 = result["raw_onnxruntime_images_per_s"]["batch64"]
+    return {"server_vs_stock_req_per_s": ours["req_per_s"] / stock["req_per_s"],
+            "server_vs_stock_p99": ours["p99_ms"] / stock["p99_ms"],
+            "server_vs_stock_batch1_req_per_s": ours["req_per_s"] / stock_b1["req_per_s"],
+            "server_vs_stock_batch1_p99": ours["p99_ms"] / stock_b1["p99_ms"],
+            "server_int8_vs_stock_req_per_s": int8["req_per_s"] / stock["req_per_s"],
+            "server_int8_vs_stock_p99": int8["p99_ms"] / stock["p99_ms"],
+            "multi_image_vs_raw_batch64": result["server_multi_image_64"]["images_per_s"] / raw64,
+            "batch_scorer_vs_raw_batch64": result["batch_scorer_images_per_s"] / raw64}
+
+
+def load_phases(server: dict, metrics_url: str, name: str, result: dict, seconds: float,
+                concurrency: int) -> None:
+    """(b), (c), (d) and the int8 phase of one model against the running server, into result."""
+    port = urllib.parse.urlsplit(server["inference"]).port
+    pngs = result.pop("pngs")
+
+    def load(suffix: str, bodies: list[bytes] = pngs, content_type: str = "image/png",
+             clients: int = concurrency, images_per_request: int = 1) -> dict:
+        return http_load(port, f"/predictions/{name}{suffix}", bodies, content_type,
+                         server["key"], clients, seconds, images_per_request)
+
+    before = server_metrics(metrics_url)
+    result["server_single_image"] = load("")
+    after = server_metrics(metrics_url)
+    result["stock_single_image"] = load("-stock")
+    result["stock_single_image_batch1"] = load("-stock-b1")
+    result["server_int8_single_image"] = load("-int8")
+    bodies = [json.dumps([{"image": base64.b64encode(p).decode()}
+                          for p in pngs[i:i + 64]]).encode() for i in range(0, 256, 64)]
+    result["server_multi_image_64"] = load("", bodies, "application/json", 4,
+                                           images_per_request=64)
+    result["ratios"] = ratios(result)
+    result["time_split_single_image"] = time_split(before, after, name,
+                                                   result["server_single_image"]["p50_ms"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python loadtest/bench.py", description=__doc__)
     parser.add_argument("--run-dir", default="runs/default", help="the small-CNN run")
@@ -234,56 +291,12 @@ def main() -> int:
     runs = {"smallcnn": Path(args.run_dir), "resnet18": resnet}
     results = {name: bench_model(name, run, workdir, store, args.seconds, args.concurrency)
                for name, run in runs.items()}
-
-    config = (ROOT / "config.properties").read_text()
-    for port in ("8080", "8081", "8082"):
-        config = config.replace(f"127.0.0.1:{port}", f"127.0.0.1:1{port}")
-    config = config.replace("model_store=model_store", f"model_store={store}")
-    config = re.sub(r"load_models=.*", "load_models=all", config)
-    # ours and "stock" with the batching of config.properties; "stock-b1" with TorchServe's
-    # default batchSize 1 (what a user who never configured batching runs)
-    batch_size = {"": 16, "-int8": 16, "-stock": 16, "-stock-b1": 1}
-    config = re.sub(r"models=\{.*", "models={" + ",".join(
-        f'"{name}{kind}": {{"1": {{"defaultVersion": true, "marName": "{name}{kind}.mar", '
-        f'"minWorkers": 1, "maxWorkers": 1, "batchSize": {size}, "maxBatchDelay": 5, '
-        f'"responseTimeout": 60}}}}' for name in runs for kind, size in batch_size.items()) + "}",
-        config)
-    (workdir / "config.properties").write_text(config)
+    config = bench_config(workdir, store, list(runs))
     env = {"TMPDIR": str(workdir)}
-    metrics_url = read_properties(workdir / "config.properties")["metrics_address"]
     try:
-        server = start(workdir / "config.properties", workdir, env=env, timeout=180)
+        server = start(config, workdir, env=env, timeout=180)
         for name, result in results.items():
-            pngs = result.pop("pngs")
-            before = server_metrics(metrics_url)
-            ours = http_load(18080, f"/predictions/{name}", pngs, "image/png", server["key"],
-                             args.concurrency, args.seconds)
-            after = server_metrics(metrics_url)
-            stock = http_load(18080, f"/predictions/{name}-stock", pngs, "image/png",
-                              server["key"], args.concurrency, args.seconds)
-            stock_b1 = http_load(18080, f"/predictions/{name}-stock-b1", pngs, "image/png",
-                                 server["key"], args.concurrency, args.seconds)
-            ours_int8 = http_load(18080, f"/predictions/{name}-int8", pngs, "image/png",
-                                  server["key"], args.concurrency, args.seconds)
-            bodies = [json.dumps([{"image": base64.b64encode(p).decode()}
-                                  for p in pngs[i:i + 64]]).encode() for i in range(0, 256, 64)]
-            multi = http_load(18080, f"/predictions/{name}", bodies, "application/json",
-                              server["key"], 4, args.seconds, images_per_request=64)
-            raw64 = result["raw_onnxruntime_images_per_s"]["batch64"]
-            result.update({
-                "server_single_image": ours, "stock_single_image": stock,
-                "stock_single_image_batch1": stock_b1, "server_int8_single_image": ours_int8,
-                "server_multi_image_64": multi,
-                "ratios": {"server_vs_stock_req_per_s": ours["req_per_s"] / stock["req_per_s"],
-                           "server_vs_stock_p99": ours["p99_ms"] / stock["p99_ms"],
-                           "server_vs_stock_batch1_req_per_s": ours["req_per_s"] / stock_b1["req_per_s"],
-                           "server_vs_stock_batch1_p99": ours["p99_ms"] / stock_b1["p99_ms"],
-                           "server_int8_vs_stock_req_per_s": ours_int8["req_per_s"] / stock["req_per_s"],
-                           "server_int8_vs_stock_p99": ours_int8["p99_ms"] / stock["p99_ms"],
-                           "multi_image_vs_raw_batch64": multi["images_per_s"] / raw64,
-                           "batch_scorer_vs_raw_batch64": result["batch_scorer_images_per_s"] / raw64},
-                "time_split_single_image": time_split(before, after, name, ours["p50_ms"]),
-            })
+            load_phases(server, server["metrics"], name, result, args.seconds, args.concurrency)
             print(json.dumps({name: result["ratios"]}, indent=2), flush=True)
     finally:
         stop(workdir, env=env)

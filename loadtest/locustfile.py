@@ -11,13 +11,14 @@ the p95 latency is above the thresholds given.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from locust import HttpUser, between, events, task
 
+from handlers.server import read_inference_key
 from loadtest.traffic import digit_pngs, parse_mix, pick
+
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser):
@@ -39,9 +40,7 @@ def _prepare(environment, **_):
         return
     STATE["mix"] = parse_mix(options.mix)
     STATE["images"] = digit_pngs(Path(options.run_dir))
-    key_file = Path(options.key_file)
-    STATE["token"] = json.loads(key_file.read_text())["inference"]["key"] \
-        if key_file.is_file() else None
+    STATE["token"] = read_inference_key(Path(options.key_file))
     STATE["path"] = f"/predictions/{options.model_name}"
 
 

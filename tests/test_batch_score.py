@@ -1,14 +1,25 @@
-"""Offline batch scoring: folder with a corrupt file, npz, CSV/JSONL schema, bad inputs."""
+"""Batch scoring: folder with a corrupt file, npz, CSV/JSONL schema, bad inputs; its sources,
+row writer and remote client on their own (the remote client against a stub HTTP server here;
+tests/test_serving.py runs it against a real TorchServe)."""
+import base64
 import csv
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from handlers.batch_score import COLUMNS, main
+from handlers.batch_score import main
+from handlers.batch_sources import BatchScoreError, batches, open_npz, read_batch
+from handlers.batch_writer import COLUMNS, RowWriter
+from handlers.decode import Shape
 from handlers.predictor import Predictor
+from handlers.remote_client import RemoteScorer
+
+SHAPE = Shape(1, 8, 8)
 
 
 def onnx_output(path, name: str, pixels: np.ndarray) -> np.ndarray:
@@ -70,6 +81,11 @@ def test_npz_to_jsonl(runs, tmp_path, capsys):
     expected = onnx_output(runs["rpl"][1], "reciprocal_score", pixels)
     assert [r["reciprocal_score"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-5)
     assert list(rows[0])[3:5] == ["unknown_score", "reciprocal_score"]
+    # known / label: the calibrated threshold on onnxruntime's own deciding score (float32)
+    deciding = onnx_output(runs["rpl"][1], "unknown_score", pixels)
+    known = (deciding <= np.float32(Predictor(runs["rpl"][1]).info.threshold)).tolist()
+    assert [r["known"] for r in rows] == known
+    assert [r["label"] == "unknown" for r in rows] == [not k for k in known]
 
 
 def test_softmax_rows_have_an_empty_reciprocal_score(runs, folder, tmp_path, capsys):
@@ -102,3 +118,172 @@ def test_output_suffix_is_checked(runs, folder, tmp_path, capsys):
     assert main([str(folder), "--model", str(runs["arpl"][1]), "--out",
                  str(tmp_path / "o.txt"), "--quiet"]) == 2
     assert "use a .csv or .jsonl" in capsys.readouterr().err
+
+
+ANSWER = {"label": "unknown", "known": False, "predicted_class": "3", "class_index": 1,
+          "unknown_score": -0.5, "reciprocal_score": -2.25, "threshold": -0.75,
+          "probabilities": [{"label": "3", "probability": 0.5},
+                            {"label": "5", "probability": 0.3333333}],
+          "model": {"name": "m", "version": "1", "method": "arpl", "score": "knn"}}
+
+
+def test_writer_rows_csv(tmp_path):
+    softmax = {key: value for key, value in ANSWER.items() if key != "reciprocal_score"}
+    with RowWriter(tmp_path / "o.csv") as writer:
+        writer.write("a.png", ANSWER, None)
+        writer.write("b.png", None, "cannot read file (Permission denied)")
+        writer.write("c.png", {**softmax, "label": "3", "known": True}, None)
+    assert (tmp_path / "o.csv").read_text().splitlines() == [
+        ",".join(COLUMNS),
+        "a.png,unknown,False,-0.5,-2.25,3,1,3:0.500000;5:0.333333,",
+        "b.png,,,,,,,,cannot read file (Permission denied)",
+        "c.png,3,True,-0.5,,3,1,3:0.500000;5:0.333333,"]
+
+
+def test_writer_rows_jsonl(tmp_path):
+    with RowWriter(tmp_path / "o.jsonl") as writer:
+        writer.write("a.png", ANSWER, None)
+        writer.write("b.png", None, "server answered 500: boom")
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"id": "a.png", "label": "unknown", "known": False, "unknown_score": -0.5,
+         "reciprocal_score": -2.25, "predicted_class": "3", "class_index": 1,
+         "top_k": [["3", 0.5], ["5", 0.3333333]], "error": ""},
+        {"id": "b.png", **{column: None for column in COLUMNS[1:-1]},
+         "error": "server answered 500: boom"}]
+
+
+def test_payloads_stay_aligned_around_a_broken_file(tmp_path):
+    for name, value in (("a.png", 10), ("c.png", 30)):
+        write_png(tmp_path / name, value)
+    (tmp_path / "b.png").write_bytes(b"broken")
+    paths = [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "missing.png", tmp_path / "c.png"]
+    batch = read_batch(paths, SHAPE)
+    assert batch.good == [0, 3] and len(batch.payloads) == 4
+    assert [batch.payloads[i] for i in batch.good] == [paths[0].read_bytes(),
+                                                       paths[3].read_bytes()]
+    assert batch.errors == {1: "body is neither an image (PNG, JPEG, ...) nor JSON",
+                            2: "cannot read file (No such file or directory)"}
+    assert np.array_equal(batch.pixels[:, 0, 0, 0], np.float32([10, 30]) / 255)
+
+
+def test_list_file_skips_comments_and_reports_missing_images(tmp_path):
+    write_png(tmp_path / "a.png", 0)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# images\n{tmp_path / 'a.png'}\n\n  {tmp_path / 'gone.png'}  \n")
+    total, stream = batches(listing, SHAPE, 64)
+    [batch] = list(stream)
+    assert total == 2 and batch.ids == [str(tmp_path / "a.png"), str(tmp_path / "gone.png")]
+    assert batch.good == [0] and "No such file" in batch.errors[1]
+
+
+def test_npz_rgb_becomes_the_models_grey(tmp_path):
+    x = np.random.default_rng(3).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)  # N x H x W x C
+    np.savez(tmp_path / "rgb.npz", x=x)
+    total, stream = batches(tmp_path / "rgb.npz", SHAPE, 2)
+    got = np.concatenate([batch.pixels for batch in stream])
+    grey = (x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114) / 255  # ITU-R 601
+    assert total == 5 and got.shape == (5, 1, 8, 8)
+    assert np.allclose(got[:, 0], grey, atol=1e-6)
+
+
+@pytest.mark.parametrize("write,message", [  # each writes d.npz through an open file
+    (lambda f: np.save(f, np.zeros((2, 8, 8))), "a single .npy array, not an .npz with x"),
+    (lambda f: f.write(b"PK not a zip"), "cannot read as .npz"),
+    (lambda f: np.savez(f, x=np.zeros((8, 8))), "x must be uint8 or float images of rank 3 or 4"),
+    (lambda f: np.savez(f, x=np.zeros((2, 8, 8), np.int32)), "x must be uint8 or float images"),
+    (lambda f: np.savez(f, x=np.full((2, 8, 8), 1.5)), "float x must be finite and in [0, 1]"),
+    (lambda f: np.savez(f, x=np.zeros((0, 8, 8))), "x has shape (0, 8, 8); the model takes 1 x 8 x 8"),
+])
+def test_npz_errors_name_the_problem(tmp_path, write, message):
+    path = tmp_path / "d.npz"
+    with open(path, "wb") as handle:
+        write(handle)
+    with pytest.raises(BatchScoreError) as raised:
+        open_npz(path, SHAPE)
+    assert str(raised.value).startswith(f"{path}: ") and message in str(raised.value)
+
+
+@pytest.fixture
+def stub_server():
+    """A TorchServe stand-in on 127.0.0.1: each POST gets the next of `replies` (status, JSON
+    or a function of the request body), the last one repeated; `requests` records them."""
+    replies, requests = [], []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            requests.append({"path": self.path, "authorization": self.headers["Authorization"],
+                             "body": body})
+            status, reply = replies.pop(0) if len(replies) > 1 else replies[0]
+            data = json.dumps(reply(body) if callable(reply) else reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"url": f"http://127.0.0.1:{server.server_port}", "replies": replies,
+           "requests": requests}
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_client_retries_503_and_sends_the_payloads(stub_server):
+    stub_server["replies"].extend([(503, {"code": 503}), (503, {"code": 503}),
+                                   (200, [ANSWER, ANSWER])])
+    scorer = RemoteScorer(stub_server["url"], "digits", "secret", retries=3)
+    pixels = np.full((1, 2, 2), 0.5, np.float32)
+    assert scorer([b"png bytes", pixels]) == [ANSWER, ANSWER]
+    requests = stub_server["requests"]
+    assert len(requests) == 3 and {r["path"] for r in requests} == {"/predictions/digits"}
+    assert {r["authorization"] for r in requests} == {"Bearer secret"}
+    assert json.loads(requests[0]["body"]) == [
+        {"image": base64.b64encode(b"png bytes").decode()},
+        {"pixels": [[[128, 128], [128, 128]]]}]  # 0.5 * 255 = 127.5, rounded half to even
+
+
+def test_remote_client_reports_a_500_per_image_without_retrying(stub_server):
+    stub_server["replies"].append((500, {"error": "boom"}))
+    answers = RemoteScorer(stub_server["url"], "digits", None, retries=3)([b"a", b"b"])
+    assert answers == ['server answered 500: {"error": "boom"}'] * 2
+    assert len(stub_server["requests"]) == 1 and stub_server["requests"][0]["authorization"] is None
+
+
+def test_remote_client_refuses_an_answer_of_the_wrong_length(stub_server):
+    stub_server["replies"].append((200, [ANSWER]))
+    answers = RemoteScorer(stub_server["url"], "digits", None)([b"a", b"b"])
+    assert answers == ["server answered 200 without a list of 2 answers"] * 2
+
+
+def test_remote_mode_writes_the_local_rows(runs, folder, tmp_path, stub_server, capsys):
+    predictor = Predictor(runs["arpl"][1])  # what the TorchServe handler would answer with
+    stub_server["replies"].append((200, lambda body: predictor.predict_requests([(body, None)])[0]))
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": "secret"}}))
+    common = [str(folder), "--model", str(runs["arpl"][1]), "--batch-size", "3", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "local.csv")]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main([*common, "--out", str(tmp_path / "remote.csv"), "--server", stub_server["url"],
+                 "--model-name", "digits", "--key-file", str(key_file)]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "remote.csv").read_text() == (tmp_path / "local.csv").read_text()
+    rows = list(csv.DictReader((tmp_path / "local.csv").open()))
+    assert remote["unknown"] == local["unknown"] == sum(r["known"] == "False" for r in rows)
+    assert len(stub_server["requests"]) == 3  # batches of 3, 3 and 1 images; 6 decodable
+    assert {r["authorization"] for r in stub_server["requests"]} == {"Bearer secret"}
+
+
+def test_a_key_file_that_is_not_torchserves_is_refused(runs, folder, tmp_path, capsys):
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text('{"inference": "secret"}')
+    assert main([str(folder), "--model", str(runs["arpl"][1]), "--out", str(tmp_path / "o.csv"),
+                 "--server", "http://127.0.0.1:9", "--key-file", str(key_file), "--quiet"]) == 2
+    assert capsys.readouterr().err == \
+        f"error: --key-file {key_file}: not TorchServe's key_file.json\n"
+    assert not (tmp_path / "o.csv").exists()

@@ -2,7 +2,9 @@
 
 locust itself is only imported in a subprocess: it monkey-patches the process with gevent.
 """
+import bisect
 import io
+import itertools
 import json
 import random
 import subprocess
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtest.traffic import digit_pngs, parse_mix, pick
+from loadtest.traffic import KINDS, digit_pngs, parse_mix, pick
 from tests.conftest import ROOT
 
 
@@ -28,8 +30,13 @@ def test_mix_is_as_configured():
     assert mix == pytest.approx({"known": 0.6, "unknown": 0.3, "bad": 0.1})
     rng = random.Random(0)
     picks = [pick(mix, rng) for _ in range(20_000)]
-    for kind, share in mix.items():
-        assert picks.count(kind) / len(picks) == pytest.approx(share, abs=0.015)
+    # the same draws, recomputed: one uniform u per pick, the kind whose slice of the
+    # cumulative weights holds u (known [0, 0.6), unknown [0.6, 0.9), bad [0.9, 1))
+    bounds = list(itertools.accumulate(mix[kind] for kind in KINDS))
+    uniform = random.Random(0)
+    expected = [KINDS[bisect.bisect(bounds, uniform.random() * bounds[-1], 0, len(KINDS) - 1)]
+                for _ in range(20_000)]
+    assert picks == expected
 
 
 def test_mix_missing_kinds_are_zero_and_bad_mixes_refused():

@@ -2,6 +2,7 @@
 import base64
 import io
 import json
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -138,6 +139,27 @@ def test_batch_answers_each_request_and_isolates_errors(predictor):
     assert answers[2]["known"] is True and answers[2]["threshold"] == 1e9  # override applied
     assert answers[0]["unknown_score"] == pytest.approx(answers[2]["unknown_score"], abs=1e-6)
     assert isinstance(answers[3], list) and len(answers[3]) == 3
+
+
+def test_decision_is_made_at_the_scores_float32_precision(predictor):
+    score = np.float32(0.1)
+    same_float32 = float(score) - 1e-12  # below the score in float64, equal to it in float32
+    assert np.float32(same_float32) == score
+    below = float(np.nextafter(score, np.float32(0)))  # the next float32 down
+    known = predictor.decide(np.array([score, score], np.float32),
+                             np.array([same_float32, below]))
+    assert known.tolist() == [True, False]
+
+
+def test_thresholds_beyond_float32_saturate_without_warnings(predictor):
+    outputs = predictor.run(np.zeros((3, 1, 8, 8), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "overflow encountered in cast"
+        answers = predictor.answers(outputs, [None, 1e300, -1e300])
+    calibrated = bool(outputs.unknown_score[0] <= np.float32(predictor.info.threshold))
+    assert [a["known"] for a in answers] == [calibrated, True, False]
+    assert [a["threshold"] for a in answers] == [predictor.info.threshold, 1e300, -1e300]
+    assert [a["label"] for a in answers[1:]] == [answers[1]["predicted_class"], "unknown"]
 
 
 def test_batched_scores_equal_single_scores(predictor):

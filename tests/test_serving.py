@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -24,7 +25,9 @@ from PIL import Image
 
 from export.archive import build_archive
 from export.onnx_export import export_onnx
-from handlers.server import start, stop
+from handlers.remote_client import RemoteScorer
+from handlers.server import (KeyFileError, read_inference_key, read_properties, start, stop,
+                             write_config)
 from tests.conftest import ROOT
 from train.cli import main as train_main
 from data.datasets import load_dataset
@@ -40,16 +43,15 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def serving_config(store: Path, workdir: Path) -> Path:
-    text = (ROOT / "config.properties").read_text()
-    for port in ("8080", "8081", "8082"):
-        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:1{port}")
-    text = text.replace("model_store=model_store", f"model_store={store}")
-    text = re.sub(r"load_models=.*", f"load_models={MODEL}={MODEL}.mar,{BROKEN}={BROKEN}.mar", text)
-    text = text.replace('"opensetmnist"', f'"{MODEL}"').replace("opensetmnist.mar", f"{MODEL}.mar")
-    text = text.replace('"maxBatchDelay": 5', '"maxBatchDelay": 150')  # make batches form
-    path = workdir / "config.properties"
-    path.write_text(text)
-    return path
+    """The repo's config.properties on ports 18080-18082, serving MODEL (with the repo's
+    settings for opensetmnist, but a 150 ms batch window so that batches form) and BROKEN."""
+    [(version, settings)] = json.loads(
+        read_properties(ROOT / "config.properties")["models"])["opensetmnist"].items()
+    models = {MODEL: {version: {**settings, "marName": f"{MODEL}.mar", "maxBatchDelay": 150}}}
+    return write_config(ROOT / "config.properties", workdir / "config.properties",
+                        {"model_store": str(store), "models": json.dumps(models),
+                         "load_models": f"{MODEL}={MODEL}.mar,{BROKEN}={BROKEN}.mar"},
+                        port_offset=10000)
 
 
 def corrupt_copy(store: Path, model: Path) -> None:
@@ -106,6 +108,24 @@ def digits_png(classes, count: int) -> list[bytes]:
     return [png_bytes(data.images[i, 0]) for i in chosen]
 
 
+def onnx_scores(server, pngs: list[bytes]) -> dict[str, np.ndarray]:
+    """The served .onnx's own reciprocal_score and unknown_score on these PNGs, computed here."""
+    session = ort.InferenceSession(str(server["workdir"] / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255
+                       for png in pngs])[:, None]
+    names = ["reciprocal_score", "unknown_score"]
+    return dict(zip(names, session.run(names, {"images": pixels})))
+
+
+def metric(server, name: str) -> float:
+    """A handler counter of MODEL on the Prometheus page (0 before its first report)."""
+    with urllib.request.urlopen(f"{server['metrics']}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(rf'^{name}{{ModelName="{MODEL}".*}} ([0-9.eE+-]+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_known_digit_gets_the_contract_fields(server):
     png = digits_png(KNOWN, 1)[0]
     status, answer = call(server, png, "image/png")
@@ -115,27 +135,33 @@ def test_known_digit_gets_the_contract_fields(server):
     assert answer["model"]["name"] == MODEL and answer["model"]["method"] == "arpl"
     assert answer["label"] in [str(k) for k in KNOWN] + ["unknown"]
     # both scores are the served .onnx's own outputs on these pixels
+    expected = onnx_scores(server, [png])
+    assert answer["reciprocal_score"] == pytest.approx(float(expected["reciprocal_score"][0]),
+                                                       abs=1e-5)
+    assert answer["unknown_score"] == pytest.approx(float(expected["unknown_score"][0]), abs=1e-5)
     session = ort.InferenceSession(str(server["workdir"] / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
-    pixels = (np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255)[None, None]
-    reciprocal, deciding = session.run(["reciprocal_score", "unknown_score"], {"images": pixels})
-    assert answer["reciprocal_score"] == pytest.approx(float(reciprocal[0]), abs=1e-5)
-    assert answer["unknown_score"] == pytest.approx(float(deciding[0]), abs=1e-5)
     assert answer["model"]["score"] == json.loads(
         session.get_modelmeta().custom_metadata_map["score"])
 
 
 def test_unknown_digits_score_higher_than_known_ones(server):
-    known = [call(server, png, "image/png")[1]["unknown_score"] for png in digits_png(KNOWN, 20)]
-    unknown = [call(server, png, "image/png")[1]["unknown_score"]
-               for png in digits_png((6, 7, 8, 9), 20)]
-    assert np.mean(unknown) > np.mean(known)
+    pngs = digits_png(KNOWN, 20) + digits_png((6, 7, 8, 9), 20)
+    served = np.array([call(server, png, "image/png")[1]["unknown_score"] for png in pngs])
+    assert served == pytest.approx(onnx_scores(server, pngs)["unknown_score"], abs=1e-5)
+    assert served[20:].mean() > served[:20].mean()
 
 
-def test_missing_token_is_refused(server):
-    status, answer = call(server, digits_png(KNOWN, 1)[0], "image/png", token=False)
-    assert status in (400, 401)
-    assert "InvalidKeyException" in json.dumps(answer)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-the-token"}])
+def test_missing_or_wrong_token_is_refused(server, headers):
+    status, answer = call(server, digits_png(KNOWN, 1)[0], "image/png", token=False,
+                          headers=headers)
+    # TorchServe 0.12 raises InvalidKeyException, a ModelException, which its HTTP handler
+    # answers with 400 (not 401), in its own error body
+    assert status == 400
+    assert answer == {"code": 400, "type": "InvalidKeyException",
+                      "message": "Token Authorization failed. Token either incorrect, expired, "
+                                 "or not provided correctly"}
 
 
 @pytest.mark.parametrize("body,content_type,code", [
@@ -189,20 +215,28 @@ def test_corrupt_model_is_refused_without_crash_loop(server):
 
 
 def test_metrics_and_health_after_all_of_it(server):
-    call(server, digits_png(KNOWN, 1)[0], "image/png")
+    before = {name: metric(server, name) for name in ("OpenSetPredictions",
+                                                      "OpenSetUnknownPredictions")}
+    pngs = digits_png(KNOWN, 3) + digits_png((6, 7, 8, 9), 3)
+    answers = [call(server, png, "image/png")[1] for png in pngs]
+    expected = {"OpenSetPredictions": before["OpenSetPredictions"] + len(pngs),
+                "OpenSetUnknownPredictions": before["OpenSetUnknownPredictions"]
+                + sum(not answer["known"] for answer in answers)}
+    deadline = time.monotonic() + 10  # the worker reports its metrics after it answers
+    while time.monotonic() < deadline and \
+            any(metric(server, name) != value for name, value in expected.items()):
+        time.sleep(0.2)
+    assert {name: metric(server, name) for name in expected} == expected
     request = urllib.request.Request(f"{server['inference']}/ping",
                                      headers={"Authorization": f"Bearer {server['key']}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["status"] == "Healthy"
     with urllib.request.urlopen(f"{server['metrics']}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    predictions = re.search(rf'OpenSetPredictions{{ModelName="{MODEL}".*}} ([0-9.]+)', text)
-    assert predictions and float(predictions.group(1)) >= 1
-    assert "OpenSetUnknownPredictions" in text and "OpenSetHandlerLatency" in text
+        assert "OpenSetHandlerLatency" in response.read().decode()
 
 
 def test_batch_scorer_remote_mode_matches_local(server, tmp_path, runs):
-    from handlers.batch_score import RemoteScorer, score
+    from handlers.batch_score import score
     from handlers.predictor import Predictor
 
     folder = tmp_path / "imgs"
@@ -226,7 +260,7 @@ def test_batch_scorer_remote_mode_matches_local(server, tmp_path, runs):
 
 
 def test_batch_scorer_reports_an_unreachable_server(tmp_path, runs):
-    from handlers.batch_score import RemoteScorer, score
+    from handlers.batch_score import score
     from handlers.predictor import Predictor
 
     (tmp_path / "a.png").write_bytes(digits_png(KNOWN, 1)[0])
@@ -235,3 +269,45 @@ def test_batch_scorer_reports_an_unreachable_server(tmp_path, runs):
                     progress=False)
     assert summary["errors"] == 1
     assert "server unreachable" in (tmp_path / "o.jsonl").read_text()
+
+
+def test_serving_config_changes_only_what_it_names(tmp_path):
+    path = serving_config(tmp_path / "store", tmp_path)
+    original, served = read_properties(ROOT / "config.properties"), read_properties(path)
+    assert served.pop("inference_address") == "http://127.0.0.1:18080"
+    assert served.pop("management_address") == "http://127.0.0.1:18081"
+    assert served.pop("metrics_address") == "http://127.0.0.1:18082"
+    assert served.pop("model_store") == str(tmp_path / "store")
+    assert served.pop("load_models") == f"{MODEL}={MODEL}.mar,{BROKEN}={BROKEN}.mar"
+    repo_model = json.loads(original["models"])["opensetmnist"]["1"]
+    assert json.loads(served.pop("models")) == {MODEL: {"1": {
+        **repo_model, "marName": f"{MODEL}.mar", "maxBatchDelay": 150}}}
+    assert served == {key: original[key] for key in served}  # every other line as it was
+    assert set(served) == set(original) - {"inference_address", "management_address",
+                                           "metrics_address", "model_store", "load_models",
+                                           "models"}
+
+
+def test_write_config_keeps_comments_and_appends_new_properties(tmp_path):
+    source = tmp_path / "source.properties"
+    source.write_text("# a comment with inference_address=x\ninference_address=http://h:8080\n"
+                      "\nmodel_store = store\nnumber_of_netty_threads=4\n")
+    write_config(source, tmp_path / "out.properties", {"model_store": "/m", "job_queue_size": "9"},
+                 port_offset=5)
+    assert (tmp_path / "out.properties").read_text() == (
+        "# a comment with inference_address=x\ninference_address=http://h:8085\n"
+        "\nmodel_store=/m\nnumber_of_netty_threads=4\njob_queue_size=9\n")
+
+
+def test_inference_key_is_read_from_torchserve_key_file(tmp_path):
+    key_file = tmp_path / "key_file.json"
+    assert read_inference_key(key_file) is None  # no file: no token
+    key_file.write_text(json.dumps({"management": {"key": "m-1", "expiration time": "x"},
+                                    "inference": {"key": "i-2", "expiration time": "x"},
+                                    "API": {"key": "a-3"}}))
+    assert read_inference_key(key_file) == "i-2"
+    for text in ("not json", '{"inference": "i-2"}', '{"management": {"key": "m-1"}}',
+                 '{"inference": {"key": 7}}'):
+        key_file.write_text(text)
+        with pytest.raises(KeyFileError, match="not TorchServe's key_file.json"):
+            read_inference_key(key_file)
