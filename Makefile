@@ -69,7 +69,7 @@ bench: $(RUN_DIR)/model.pt
 	$(PY) loadtest/bench.py --run-dir $(RUN_DIR) --out runs/bench $(if $(BENCH_RESNET),--resnet-run-dir $(BENCH_RESNET))
 
 protocol: $(STAMP)
-	$(PY) -m train.protocol --dataset mnist5k --train-seeds 0,1 --out runs/protocol
+	$(PY) -m studies.protocol --dataset mnist5k --train-seeds 0,1 --out runs/protocol
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,5 @@
-"""Long-tailed splits, long-tail metrics, and tiny end-to-end runs with --imbalance / --loss / --m2m."""
+"""Long-tailed splits, long-tail metrics, and tiny end-to-end runs with --imbalance / --loss / --m2m
+(the long-tail study: tests/test_studies.py)."""
 import json
 
 import numpy as np
@@ -94,8 +95,9 @@ def test_m2m_run_trains_g_first_and_logs_generation_per_class(tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert (out / "g" / "model.pt").is_file()  # g trained with plain CE on the same data
     g_config = json.loads((out / "g" / "config.json").read_text())
-    assert (g_config["method"], g_config["loss"], g_config["m2m"], g_config["imbalance"]) == \
-        ("softmax", "ce", False, 20)
+    long_tail = g_config["long_tail"]
+    assert (g_config["method"], long_tail["loss"], long_tail["m2m"]["enabled"],
+            long_tail["imbalance"]) == ("softmax", "ce", False, 20)
     metrics = json.loads((out / "metrics.json").read_text())
     per_class = metrics["m2m"]["per_class"]
     assert per_class["0"]["generated"] == 0  # the head class is never a generation target
@@ -111,60 +113,10 @@ def test_m2m_run_trains_g_first_and_logs_generation_per_class(tmp_path, capsys):
 def test_m2m_is_a_switch_on_the_command_line_and_in_yaml(tmp_path):
     from train.cli import parse_config
 
-    assert parse_config([])[0].m2m is False
-    assert parse_config(["--m2m"])[0].m2m is True
+    assert parse_config([])[0].long_tail.m2m.enabled is False
+    assert parse_config(["--m2m"])[0].long_tail.m2m.enabled is True
     (tmp_path / "c.yaml").write_text("m2m: true\ncb_beta: 0.99\n")
     cfg, _ = parse_config(["--config", str(tmp_path / "c.yaml")])
-    assert (cfg.m2m, cfg.cb_beta) == (True, 0.99)
-    assert parse_config(["--config", str(tmp_path / "c.yaml"), "--no-m2m"])[0].m2m is False
-
-
-def test_tiny_longtail_study_writes_the_table(tmp_path):
-    from train.longtail import main as longtail_main
-
-    out = tmp_path / "study"
-    assert longtail_main(["--dataset", "digits", "--seeds", "2", "--rhos", "10", "--epochs", "2",
-                          "--width", "0.25", "--batch-size", "64", "--variants", "ce,cb-softmax,m2m",
-                          "--m2m-start-epoch", "1", "--m2m-steps", "1", "--out", str(out)]) == 0
-    table = (out / "longtail.md").read_text()
-    for variant in ("ce", "cb-softmax", "m2m"):
-        assert f"| 10 | {variant} |" in table
-    report = json.loads((out / "longtail.json").read_text())
-    values = report["summary"]["10"]["cb-softmax"]["balanced_acc"]["values"]
-    assert len(values) == 2 and report["summary"]["10"]["cb-softmax"]["balanced_acc"]["mean"] == \
-        pytest.approx(np.mean(values))
-    assert len(report["m2m_time_multiple"]["10"]["values"]) == 2
-    m2m = json.loads((out / "rho10" / "seed1" / "m2m" / "metrics.json").read_text())
-    assert m2m["m2m"]["g"] == str(out / "rho10" / "seed1" / "ce")  # the same seed's CE run is g
-    assert not (out / "rho10" / "seed1" / "m2m" / "g").exists()
-    assert (out / "longtail.png").is_file()
-
-
-def test_longtail_study_rejects_bad_variants_before_training(tmp_path, capsys):
-    from train.longtail import main as longtail_main
-
-    assert longtail_main(["--variants", "ce,mixup", "--out", str(tmp_path)]) == 2
-    assert "unknown variant(s) ['mixup']" in capsys.readouterr().err
-    assert longtail_main(["--method", "rpl", "--variants", "ce,cb-focal", "--out", str(tmp_path)]) == 2
-    assert "needs the linear head" in capsys.readouterr().err
-
-
-def test_longtail_study_with_method_cells_pairs_against_the_softmax_baseline(tmp_path):
-    from train.longtail import main as longtail_main
-
-    out = tmp_path / "cells"
-    args = ["--dataset", "digits", "--num-known", "4", "--seeds", "1", "--rhos", "10", "--epochs",
-            "1", "--width", "0.25", "--variants", "softmax:cb-softmax,arpl:la-drs", "--out", str(out)]
-    assert longtail_main(args) == 0
-    report = json.loads((out / "longtail.json").read_text())
-    base, ours = ({r["method"]: r for r in report["per_run"]}[f"rho 10 {v}"]
-                  for v in ("softmax:cb-softmax", "arpl:la-drs"))
-    best = max(base["scores"], key=lambda name: base["scores"][name]["auroc"])
-    won = int(ours["scores"]["knn"]["auroc"] > base["scores"][best]["auroc"])
-    assert (f"- rho 10 arpl:la-drs (knn) above rho 10 softmax:cb-softmax ({best}) on {won}/1"
-            in (out / "longtail.md").read_text())
-    config = json.loads((out / "rho10" / "seed0" / "arpl-la-drs" / "config.json").read_text())
-    assert (config["method"], config["logit_adjust"], config["drs"]) == ("arpl", 1.0, True)
-    stamp = (out / "rho10" / "seed0" / "arpl-la-drs" / "model.pt").stat().st_mtime_ns
-    assert longtail_main(args + ["--resume"]) == 0  # finished cells are reused, not retrained
-    assert (out / "rho10" / "seed0" / "arpl-la-drs" / "model.pt").stat().st_mtime_ns == stamp
+    assert (cfg.long_tail.m2m.enabled, cfg.long_tail.cb_beta) == (True, 0.99)
+    switched_off, _ = parse_config(["--config", str(tmp_path / "c.yaml"), "--no-m2m"])
+    assert switched_off.long_tail.m2m.enabled is False

@@ -1,4 +1,5 @@
-"""RKD: the relational losses, the teacher hook, teacher checks, and multiply-add counting."""
+"""RKD: the relational losses, the teacher hook, teacher checks, and multiply-add counting
+(the RKD study: tests/test_studies.py)."""
 import json
 import subprocess
 import sys
@@ -112,23 +113,3 @@ def test_incompatible_teacher_is_a_one_line_error(runs, tmp_path):
                            "--out", str(tmp_path / "never"))
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-
-
-def test_rkd_study_writes_its_table_and_resumes(tmp_path):
-    from train.rkd_study import main as study_main
-
-    out = tmp_path / "study"
-    args = ["--dataset", "digits", "--num-known", "10", "--method", "softmax", "--epochs", "1",
-            "--seeds", "1", "--width", "0.25", "--teacher-width", "0.5", "--batch-size", "128",
-            "--bench-batch", "8", "--bench-seconds", "0.02", "--out", str(out)]
-    assert study_main(args) == 0
-    report = json.loads((out / "rkd.json").read_text())
-    assert set(report["table"]) == {"teacher", "scratch", "rkd"}
-    assert report["summary"]["macs_ratio"] < 0.34  # half the width: about a quarter of the MACs
-    assert report["summary"]["onnx_images_per_s"]["rkd"] > 0 and (out / "rkd.png").is_file()
-    config = json.loads((out / "seed0" / "rkd" / "config.json").read_text())
-    assert config["teacher"] == str(out / "seed0" / "teacher") and config["width"] == 0.25
-    stamp = (out / "seed0" / "teacher" / "model.pt").stat().st_mtime_ns
-    assert study_main([*args, "--resume"]) == 0
-    assert (out / "seed0" / "teacher" / "model.pt").stat().st_mtime_ns == stamp
-    assert study_main([*args[:-2], "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
