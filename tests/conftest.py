@@ -1,19 +1,31 @@
-"""Shared fixtures: seeded RNGs, a tiny model per head type, a tiny seeded problem."""
+"""Fixtures: seeded RNGs, a tiny model per head type, a tiny seeded problem, tiny trained runs;
+and which tests are slow. Plain helpers live in tests/helpers.py."""
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from models import build_classifier
+# re-exported: tests import these from conftest
+from tests.helpers import ROOT, TINY_RUN, tiny_spec, training_inputs  # noqa: F401
 
-from models import ModelSpec, build_classifier  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
+# `make test-fast` skips tests marked slow (pyproject.toml: starts TorchServe, trains past a few
+# steps, or runs for seconds). Marked here, not in the modules, for modules that others own:
+SLOW_FIXTURES = {"server"}  # test_serving.py: trains 15 epochs and starts a real TorchServe
+SLOW_TESTS = {
+    # three `python -m train` subprocesses, each importing torch
+    "test_rkd.py::test_incompatible_teacher_is_a_one_line_error",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) \
+                or f"{item.path.name}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -21,23 +33,6 @@ def seed_everything():
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
-
-
-def tiny_spec(method: str) -> ModelSpec:
-    head = "linear" if method in ("softmax", "sla") else "reciprocal"  # sla: --sla-task softmax
-    variant = method if method in ("rpl", "arpl") else "arpl"
-    defaults = TrainConfig()  # the project's default head settings, on a tiny backbone
-    return ModelSpec(arch="small_cnn", in_channels=1, num_classes=3, head=head, width=0.25,
-                     variant=variant, points_per_class=defaults.reciprocal.points_per_class,
-                     feature_scale=defaults.reciprocal.feature_scale,
-                     sla_transform=defaults.sla.transform if method == "sla" else "none")
-
-
-def training_inputs(method: str, images: torch.Tensor) -> torch.Tensor:
-    """What the training loop feeds the model for `method` (SLA: its M transformed views)."""
-    from models.sla import transform_views
-
-    return transform_views(images, TrainConfig().sla.transform) if method == "sla" else images
 
 
 @pytest.fixture
@@ -58,7 +53,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """One tiny trained run per method (digits, 8x8, 1 epoch) and its exported .onnx."""
+    """One tiny trained run per method (TINY_RUN) and its exported .onnx."""
     from export.onnx_export import export_onnx
     from train.cli import main as train_main
 
@@ -66,8 +61,7 @@ def runs(tmp_path_factory):
     made = {}
     for method in ("softmax", "rpl", "arpl"):
         run_dir = root / method
-        assert train_main(["--method", method, "--dataset", "digits", "--epochs", "1",
-                           "--width", "0.25", "--batch-size", "128", "--out", str(run_dir)]) == 0
+        assert train_main([*TINY_RUN, "--method", method, "--out", str(run_dir)]) == 0
         report = export_onnx(run_dir, root / f"{method}.onnx", model_version="7")
         made[method] = (run_dir, root / f"{method}.onnx", report)
     return made

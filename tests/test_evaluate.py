@@ -39,10 +39,18 @@ def test_augment_none_is_identity_and_zero_affine_is_identity():
     assert torch.allclose(same, images, atol=1e-5)
 
 
-def test_affine_shift_moves_content():
+def test_affine_shift_moves_content_by_the_drawn_translation():
     images = torch.zeros(64, 1, 16, 16)
-    images[:, :, 6:10, 6:10] = 1.0
+    images[:, :, 6:10, 6:10] = 1.0  # a 4x4 block centred on (7.5, 7.5)
     moved = random_affine(images, torch.Generator().manual_seed(0), shift=0.2, degrees=0, scale=0)
     assert moved.shape == images.shape
-    centres = (moved[:, 0].sum(1) * torch.arange(16)).sum(1) / moved[:, 0].sum((1, 2))
-    assert centres.std() > 0.5  # columns of mass spread out across the batch
+    # the same draws by hand: angle, zoom, then x and y shifts, each U(-0.2, 0.2) of the size;
+    # the grid samples the input at output + shift, so the content moves by -shift * 16 pixels
+    draws = torch.Generator().manual_seed(0)
+    _angle, _zoom, shift_x, shift_y = (torch.rand(64, generator=draws) * 0.4 - 0.2 for _ in range(4))
+    mass = moved[:, 0].sum((1, 2))
+    assert torch.allclose(mass, torch.full((64,), 16.0), atol=1e-4)  # nothing leaves the image
+    columns = (moved[:, 0].sum(1) * torch.arange(16)).sum(1) / mass
+    rows = (moved[:, 0].sum(2) * torch.arange(16)).sum(1) / mass
+    assert torch.allclose(columns, 7.5 - 16 * shift_x, atol=1e-3)
+    assert torch.allclose(rows, 7.5 - 16 * shift_y, atol=1e-3)

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper
 from export.cli import main as export_main
 from export.onnx_export import ExportError, export_onnx
 from handlers.contract import ModelFileError, load_model
+from tests.helpers import onnx_model, open_set_figures, read_json
 
 
 @pytest.mark.parametrize("method", ["softmax", "rpl", "arpl"])
@@ -35,7 +36,7 @@ def test_parity_below_1e4_for_every_method(runs, method):
 def test_metadata_reads_back_as_written(runs, method):
     run_dir, path, _ = runs[method]
     _, info = load_model(path)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     assert info.class_names == tuple(metrics["known_classes"])
     assert (info.channels, info.height, info.width) == (1, 8, 8)
     assert info.method == method and info.model_version == "7"
@@ -62,27 +63,31 @@ def test_dynamic_batch_sizes(runs, batch):
     assert np.allclose(score, singles, atol=1e-5)  # the deciding score, whichever detector
 
 
-def test_export_cli_writes_report_and_rejects_non_runs(runs, tmp_path, capsys):
+def test_export_cli_writes_the_report(runs, tmp_path):  # its bad inputs: test_cli.py
     run_dir, _, _ = runs["rpl"]
     assert export_main([str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
-    report = json.loads((tmp_path / "m.export.json").read_text())
+    report = read_json(tmp_path / "m.export.json")
     assert report["parity_batches"] == [1, 32]
-    assert export_main([str(tmp_path), "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "not a run directory (no model.pt)" in capsys.readouterr().err
-    assert not (tmp_path / "x.onnx").exists()
+    assert report["bytes"] == (tmp_path / "m.onnx").stat().st_size
 
 
+@pytest.mark.slow  # calibrates and evaluates int8 twice, and times both models
 def test_int8_export_is_checked_against_fp32(runs, tmp_path):
     run_dir, _, _ = runs["arpl"]
     assert export_main([str(run_dir), "--out", str(tmp_path / "m.onnx"), "--int8",
                         "--calibration-images", "64", "--max-acc-drop", "1",
                         "--max-auroc-drop", "1"]) == 0
-    report = json.loads((tmp_path / "m.export.json").read_text())["int8"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    report = read_json(tmp_path / "m.export.json")["int8"]
+    metrics = read_json(run_dir / "metrics.json")
     # the fp32 figures come from the run's own test split, rebuilt from its config
     assert report["fp32"]["auroc"] == pytest.approx(metrics["auroc"], abs=1e-4)
     assert report["fp32"]["closed_acc"] == pytest.approx(metrics["closed_acc"], abs=1e-6)
-    assert report["auroc_drop"] == pytest.approx(report["fp32"]["auroc"] - report["int8"]["auroc"])
+    # the int8 figures again, from the int8 file on that split
+    int8 = open_set_figures(onnx_model(tmp_path / "m.int8.onnx"), run_dir, threshold=0.0)
+    assert report["int8"]["auroc"] == pytest.approx(int8["auroc"], abs=1e-9)
+    assert report["int8"]["closed_acc"] == pytest.approx(int8["closed_acc"], abs=1e-9)
+    assert report["auroc_drop"] == pytest.approx(report["fp32"]["auroc"] - int8["auroc"])
+    assert report["int8_bytes"] == (tmp_path / "m.int8.onnx").stat().st_size
     _, info = load_model(tmp_path / "m.int8.onnx")
     assert info.method == "arpl"
     # an impossible bound refuses the int8 file and keeps the fp32 one
@@ -117,6 +122,10 @@ def test_file_without_metadata_is_rejected(runs, tmp_path):
         load_model(tmp_path / "bare.onnx")
 
 
+def metadata_of(path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
 def _graph_with_outputs(outputs, metadata):
     node = helper.make_node("ReduceMean", ["images"], ["pooled"], axes=[2, 3], keepdims=0)  # b x 1
     flat = helper.make_node("ReduceMean", ["images"], ["flat"], axes=[1, 2, 3], keepdims=0)  # b
@@ -133,7 +142,7 @@ def _graph_with_outputs(outputs, metadata):
 
 
 def test_outputs_that_break_the_contract_are_rejected(runs, tmp_path):
-    metadata = {p.key: p.value for p in onnx.load(str(runs["softmax"][1])).metadata_props}
+    metadata = metadata_of(runs["softmax"][1])
     onnx.save(_graph_with_outputs([("scores", ["b", 1])], metadata), str(tmp_path / "a.onnx"))
     with pytest.raises(ModelFileError, match="output 'logits' missing"):
         load_model(tmp_path / "a.onnx")
@@ -144,7 +153,7 @@ def test_outputs_that_break_the_contract_are_rejected(runs, tmp_path):
 
 
 def test_reciprocal_score_output_is_checked_and_ordered(runs, tmp_path):
-    metadata = {p.key: p.value for p in onnx.load(str(runs["softmax"][1])).metadata_props}
+    metadata = metadata_of(runs["softmax"][1])
     ok = [("logits", ["b", 1]), ("unknown_score", ["b"])]
     onnx.save(_graph_with_outputs([*ok, ("reciprocal_score", ["b", 1])], metadata),
               str(tmp_path / "rank.onnx"))
@@ -160,7 +169,7 @@ def test_reciprocal_score_output_is_checked_and_ordered(runs, tmp_path):
 
 
 def test_reciprocal_score_of_the_wrong_type_is_refused(runs, tmp_path):
-    metadata = {p.key: p.value for p in onnx.load(str(runs["softmax"][1])).metadata_props}
+    metadata = metadata_of(runs["softmax"][1])
     model = _graph_with_outputs([("logits", ["b", 1]), ("unknown_score", ["b"])], metadata)
     model.graph.node.append(helper.make_node("Cast", ["unknown_score"], ["reciprocal_score"],
                                              to=TensorProto.DOUBLE))
@@ -251,8 +260,7 @@ def test_int8_keeps_the_detector_in_float(tmp_path):
     assert convs and all(producer.get(node.input[1]) == "DequantizeLinear" for node in convs)
     head_matmul = by_name["/classifier/head/MatMul"]
     assert all(producer.get(i) == "DequantizeLinear" for i in head_matmul.input)
-    quantization = json.loads({p.key: p.value for p in onnx.load(
-        str(tmp_path / "knn.int8.onnx")).metadata_props}["quantization"])
+    quantization = json.loads(metadata_of(tmp_path / "knn.int8.onnx")["quantization"])
     assert "/classifier/detector/MatMul" in quantization["float_nodes"]
     assert all("/detector/" in name for name in quantization["float_nodes"])
 
@@ -262,7 +270,7 @@ def test_head_score_export_leaves_the_bank_out(runs, tmp_path):
 
     run_dir, served_path, _ = runs["arpl"]
     checkpoint = torch.load(run_dir / "model.pt", weights_only=True)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     assert checkpoint["model_spec"]["detector"] == "knn"
     report = export_onnx(run_dir, tmp_path / "head.onnx", head_score=True)
     session, info = load_model(tmp_path / "head.onnx")
@@ -273,22 +281,24 @@ def test_head_score_export_leaves_the_bank_out(runs, tmp_path):
                                             {"images": images})
     assert np.allclose(score, -logits.max(1), atol=1e-5) and np.array_equal(score, reciprocal)
     bank_bytes = checkpoint["state_dict"]["detector.bank"].numel() * 4
+    assert report["bytes"] == (tmp_path / "head.onnx").stat().st_size
     assert (served_path.stat().st_size - report["bytes"]) >= bank_bytes  # the bank is gone
     assert info.metrics["known_accept_rate"] == pytest.approx(metrics["head"]["known_accept_rate"])
     assert info.metrics["unknown_reject_rate"] == pytest.approx(metrics["head"]["unknown_reject_rate"])
 
 
-def test_compare_reports_sizes_speeds_and_ratios(runs, tmp_path, capsys):
+@pytest.mark.slow  # times both models for a second or more each
+def test_compare_reports_sizes_speeds_and_ratios(runs, tmp_path):  # bad inputs: test_cli.py
     from export.compare import main as compare_main
 
     served = runs["arpl"][1]
     export_onnx(runs["arpl"][0], tmp_path / "head.onnx", head_score=True)
     assert compare_main([str(served), str(tmp_path / "head.onnx"), "--rounds", "1",
                          "--out", str(tmp_path / "cost.json")]) == 0
-    report = json.loads((tmp_path / "cost.json").read_text())
+    report = read_json(tmp_path / "cost.json")
     assert report["a"]["score"] == "knn" and report["b"]["score"] == "mls"
+    assert report["a"]["bytes"] == served.stat().st_size
+    assert report["b"]["bytes"] == (tmp_path / "head.onnx").stat().st_size
     assert report["size_ratio"] == pytest.approx(report["a"]["bytes"] / report["b"]["bytes"])
     assert report["speed_ratio_batch64"] == pytest.approx(
         report["a"]["images_per_s_batch64"] / report["b"]["images_per_s_batch64"])
-    assert compare_main([str(served), str(tmp_path / "missing.onnx")]) == 2
-    assert "missing.onnx: no such model file" in capsys.readouterr().err

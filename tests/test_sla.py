@@ -1,12 +1,12 @@
 """SLA: views, joint labels, aggregation, the SLA+SD loss, and SLA runs end to end."""
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from models import AggregatedClassifier, ModelSpec, build_classifier
 from models.sla import PERMUTATIONS, aggregate, joint_labels, transform_views, view_logits
+from rundir import RunDirectory
+from tests.helpers import TINY_RUN, open_set_figures, read_json
 from train.losses import CrossEntropyLoss, ReciprocalPointLoss, SelfLabelAugmentationLoss
 
 
@@ -140,19 +140,34 @@ def sla_run(tmp_path_factory):
     from train.cli import main as train_main
 
     run_dir = tmp_path_factory.mktemp("sla") / "run"
-    assert train_main(["--method", "sla", "--sla-task", "rpl", "--dataset", "digits",
-                       "--epochs", "1", "--width", "0.25", "--batch-size", "128",
-                       "--out", str(run_dir)]) == 0
+    assert train_main([*TINY_RUN, "--method", "sla", "--sla-task", "rpl", "--out", str(run_dir)]) == 0
     return run_dir
 
 
+def rotation_average(model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SLA+AG by hand: s_i = mean_j joint(rot90^j x)[i*M + j], unknown score -max_i s_i."""
+    logits = sum(model(torch.rot90(images, j, dims=(2, 3)))["joint_logits"][:, j::4]
+                 for j in range(4)) / 4
+    return {"logits": logits, "unknown_score": -logits.amax(1)}
+
+
 def test_sla_run_reports_both_inference_modes(sla_run):
-    metrics = json.loads((sla_run / "metrics.json").read_text())
+    metrics = read_json(sla_run / "metrics.json")
     assert metrics["method"] == "sla" and metrics["task"] == "rpl"
+    assert "distance" in metrics["scores"]  # a reciprocal head
+    model, checkpoint = RunDirectory(sla_run).load_classifier()
+    single = open_set_figures(model, sla_run, checkpoint.threshold)  # SLA+SD: one pass
+    assert {key: metrics[key] for key in single} == pytest.approx(single, abs=1e-6)
     ag = metrics["aggregated"]
-    assert ag["passes"] == 4 and 0 <= ag["closed_acc"] <= 1 and 0 <= ag["auroc"] <= 1
-    assert len(ag["view_acc"]) == 4 and all(0 <= a <= 1 for a in ag["view_acc"])
-    assert 0 <= metrics["auroc"] <= 1 and "distance" in metrics["scores"]  # a reciprocal head
+    assert (ag["passes"], ag["score"], ag["threshold"]) == (4, "mls", checkpoint.aggregated_threshold)
+    aggregated = open_set_figures(lambda x: rotation_average(model, x), sla_run, ag["threshold"])
+    assert {key: ag[key] for key in aggregated} == pytest.approx(aggregated, abs=1e-6)
+    split = RunDirectory(sla_run).split_images()
+    images = torch.from_numpy(split["test_known"])
+    with torch.no_grad():  # each view alone: its own N columns of the joint head
+        views = [model(torch.rot90(images, j, dims=(2, 3)))["joint_logits"][:, j::4] for j in range(4)]
+    expected = [float(np.mean(view.argmax(1).numpy() == split["test_labels"])) for view in views]
+    assert ag["view_acc"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_sla_exports_single_pass_by_default_and_aggregated_on_request(sla_run, tmp_path):
@@ -165,5 +180,5 @@ def test_sla_exports_single_pass_by_default_and_aggregated_on_request(sla_run, t
     assert aggregated["outputs"] == ["logits", "unknown_score"]
     assert max(aggregated["parity_max_abs_diff"].values()) < 1e-4
     _, info = load_model(tmp_path / "ag.onnx", providers=["CPUExecutionProvider"])
-    metrics = json.loads((sla_run / "metrics.json").read_text())
+    metrics = read_json(sla_run / "metrics.json")
     assert info.method == "sla+ag" and info.threshold == pytest.approx(metrics["aggregated"]["threshold"])
