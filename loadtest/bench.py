@@ -8,7 +8,8 @@
 plus (b) again serving the int8 export of the same model.
 Models: the default small CNN run (28x28 grey) and a CIFAR ResNet-18 (32x32 RGB): random
 weights, or a trained run given with --resnet-run-dir whose gate-checked int8 export
-(`python -m export RUN --out RUN/model.onnx --int8`) is then the one served as int8. Both servers get 1 worker and the same number of threads (onnxruntime / torch), and run
+(`python -m export RUN --out RUN/model.onnx --int8`) is then the one served as int8. Both
+servers get 1 worker and the same number of threads (onnxruntime / torch), and run
 in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end.
 Writes runs/bench/bench.json and bench.png.
 """

@@ -13,12 +13,10 @@ from models import build_classifier
 from tests.helpers import ROOT, TINY_RUN, tiny_spec, training_inputs  # noqa: F401
 
 # `make test-fast` skips tests marked slow (pyproject.toml: starts TorchServe, trains past a few
-# steps, or runs for seconds). Marked here, not in the modules, for modules that others own:
-SLOW_FIXTURES = {"server"}  # test_serving.py: trains 15 epochs and starts a real TorchServe
-SLOW_TESTS = {
-    # three `python -m train` subprocesses, each importing torch
-    "test_rkd.py::test_incompatible_teacher_is_a_one_line_error",
-}
+# steps, or runs for seconds). Tests mark themselves; every test of the `server` fixture is
+# marked here (test_serving.py: it trains 15 epochs and starts a real TorchServe).
+SLOW_FIXTURES = {"server"}
+SLOW_TESTS: set[str] = set()  # "test_file.py::test_name" of a slow test without its own mark
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

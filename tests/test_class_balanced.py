@@ -84,7 +84,8 @@ def test_cb_softmax_composes_with_every_method(method):
     target = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])
     counts = [300, 30, 3]
     plain = build_loss(TrainConfig().override(method=method).resolved(1))(outputs, target)
-    beta0 = build_loss(TrainConfig().override(method=method, loss="cb-softmax", cb_beta=0.0).resolved(1), counts)
+    beta0 = build_loss(TrainConfig().override(method=method, loss="cb-softmax", cb_beta=0.0).resolved(1),
+                       counts)
     assert beta0(outputs, target).item() == pytest.approx(plain.item(), rel=1e-6)
     cfg = TrainConfig().override(method=method, loss="cb-softmax", cb_beta=0.999).resolved(1)
     weighted = build_loss(cfg, counts)(outputs, target)

@@ -12,8 +12,8 @@ from conftest import training_inputs
 def test_loss_is_finite_scalar(method, tiny_model, tiny_problem):
     images, labels = tiny_problem
     model = tiny_model(method)
-    loss = build_loss(TrainConfig().override(method=method).resolved(1))(model(training_inputs(method, images)),
-                                                              labels)
+    loss_fn = build_loss(TrainConfig().override(method=method).resolved(1))
+    loss = loss_fn(model(training_inputs(method, images)), labels)
     assert loss.shape == ()
     assert torch.isfinite(loss)
     assert loss.item() > 0
@@ -68,6 +68,7 @@ def test_temperature_divides_the_logits(method):
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     outputs = {"logits": logits, "distances": torch.zeros(2, 2), "radius": torch.tensor([0.0])}
     target = torch.tensor([0, 0])
-    loss = build_loss(TrainConfig().override(method=method, temperature=0.5, open_space_weight=0.0).resolved(1))
+    cfg = TrainConfig().override(method=method, temperature=0.5, open_space_weight=0.0)
+    loss = build_loss(cfg.resolved(1))
     expected = torch.nn.functional.cross_entropy(logits / 0.5, target)  # open-space weight 0
     assert loss(outputs, target).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -1,6 +1,5 @@
 """The study driver and its three studies (protocol, long tail, RKD): tiny real studies on
 digits (1-2 epochs), the one summary rule, and --resume."""
-import json
 import re
 from pathlib import Path
 
@@ -12,11 +11,8 @@ from studies.detectors import detector_table
 from studies.driver import stats_text, summarise, summarise_runs
 from train.config import TrainConfig
 
-TINY = ["--dataset", "digits", "--epochs", "1", "--width", "0.25", "--batch-size", "128"]
-
-
-def read(path: Path) -> dict:
-    return json.loads(path.read_text())
+from tests.helpers import TINY_RUN as TINY
+from tests.helpers import read_json as read
 
 
 # -- the one summary rule ------------------------------------------------------------------

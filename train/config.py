@@ -283,7 +283,7 @@ class TrainConfig:
         self.long_tail.validate(self.head, self.method, self.epochs)
         check_device(self.device)
 
-    def resolved(self, in_channels: int) -> "TrainConfig":
+    def resolved(self, in_channels: int) -> TrainConfig:
         """The settings left to the method's or the data's defaults filled in."""
         return self.override(
             score=DEFAULT_SCORE if self.score is None else self.score,
@@ -305,7 +305,7 @@ class TrainConfig:
             values[item.name] = value
         return values
 
-    def override(self, **changes) -> "TrainConfig":
+    def override(self, **changes) -> TrainConfig:
         """A copy with settings replaced by their flat names: cfg.override(imbalance=10, m2m=True)."""
         unknown = sorted(set(changes) - SETTING_NAMES)
         if unknown:
@@ -313,7 +313,7 @@ class TrainConfig:
         return from_flat({**self.flat(), **changes})
 
     @classmethod
-    def from_dict(cls, saved: dict) -> "TrainConfig":
+    def from_dict(cls, saved: dict) -> TrainConfig:
         """A config.json: nested as written today, or flat as written before the sections."""
         if not isinstance(saved.get("sla"), dict):  # the flat layout of earlier runs
             saved = {("m2m_generator_run" if key == "m2m_g" else key): value

@@ -50,13 +50,21 @@ def batch_hook(cfg: TrainConfig, model: nn.Module, data: RunData, epochs: int,
     return None
 
 
+def load_teacher(cfg: TrainConfig, data: RunData) -> nn.Module | None:
+    """RKD's frozen teacher (--teacher), checked to fit this run's classes and input. Load it
+    before the student is built: rebuilding it draws from the global RNG, and the student's
+    initial weights have always come after that draw."""
+    if cfg.rkd.teacher is None:
+        return None
+    teacher, _ = load_fitting_classifier(cfg.rkd.teacher, "--teacher", data.known_names,
+                                         data.input_shape)
+    return teacher
+
+
 def fit_model(cfg: TrainConfig, data: RunData, model: nn.Module, device: torch.device,
-              progress: bool = True) -> Fitted:
-    """Train `model` in place with the method's loss; time only the loop."""
-    teacher = None
-    if cfg.rkd.teacher is not None:
-        teacher, _ = load_fitting_classifier(cfg.rkd.teacher, "--teacher", data.known_names,
-                                             data.input_shape)
+              teacher: nn.Module | None = None, progress: bool = True) -> Fitted:
+    """Train `model` in place with the method's loss (distilled from `teacher` with --teacher);
+    time only the loop."""
     epochs = epochs_for(cfg, len(data.split.train))
     hook = batch_hook(cfg, model, data, epochs, device)
     views = partial(transform_views, transform=cfg.sla.transform) if cfg.method == "sla" else None

@@ -29,6 +29,25 @@ def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _sgd_with_schedule(modules: list[nn.Module], lr: float, momentum: float, weight_decay: float,
+                       total: int, warmup: int) -> tuple[torch.optim.Optimizer, object]:
+    """Nesterov SGD; linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    optimizer = torch.optim.SGD(_param_groups(modules, weight_decay), lr=lr, momentum=momentum,
+                                nesterov=momentum > 0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
+        (step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / total))))
+    return optimizer, schedule
+
+
+def _forward(model: nn.Module, x: torch.Tensor, teacher: nn.Module | None) -> dict[str, torch.Tensor]:
+    """The model's outputs, plus a frozen teacher's embedding of the same inputs (RKD)."""
+    outputs = model(x)
+    if teacher is not None:
+        with torch.no_grad():
+            outputs["teacher_embedding"] = teacher(x)["embedding"]
+    return outputs
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              device: torch.device, batch_size: int = 512) -> float:
@@ -59,12 +78,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
     if teacher is not None:
         teacher.to(device).to(memory_format=torch.channels_last).eval()
     loss_fn.to(device)
-    optimizer = torch.optim.SGD(_param_groups([model, loss_fn], weight_decay), lr=lr,
-                                momentum=momentum, nesterov=momentum > 0)
     steps_per_epoch = math.ceil(len(images) / batch_size)
-    total, warmup = epochs * steps_per_epoch, steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
-        (step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / total))))
+    optimizer, schedule = _sgd_with_schedule([model, loss_fn], lr, momentum, weight_decay,
+                                             epochs * steps_per_epoch, steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     best_acc, best_state, history = -1.0, None, []
     bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
@@ -82,11 +98,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
                 x, y = batch_hook(epoch, x, y)
             if views is not None:
                 x = views(x)
-            outputs = model(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    outputs["teacher_embedding"] = teacher(x)["embedding"]
-            loss = loss_fn(outputs, y)
+            loss = loss_fn(_forward(model, x, teacher), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,17 +1,18 @@
 """M2m: major-to-minor translation (Kim, Jeong & Shin, CVPR 2020), as a batch hook of fit().
 
-A fixed steering classifier g (`steering`, the generator run's), trained with plain CE on the
-same imbalanced data, and the classifier f (`classifier`) being trained. From `start_epoch` on, every batch is re-drawn class-balanced (the official
-code's switch to an over-sampled loader); a slot of class k becomes a generation slot with
-probability 1 - N_k / N_max. For it a seed class k0 ~ Q(k0 | k) ∝ 1 - beta^max(N_k0 - N_k, 0)
-and a seed image x0 of class k0 are drawn, and
+A fixed steering classifier g (`steering`, from the generator run), trained with plain CE on
+the same imbalanced data, and the classifier f (`classifier`) being trained. From `start_epoch`
+on, every batch is re-drawn class-balanced (the official code's switch to an over-sampled
+loader); a slot of class k becomes a generation slot with probability 1 - N_k / N_max. For it a
+seed class k0 ~ Q(k0 | k) ∝ 1 - beta^max(N_k0 - N_k, 0) and a seed image x0 of class k0 are
+drawn, and
 
     x* = argmin_{x = x0 + delta} CE(g(x), k) + lambda * f_k0(x)
 
 (lambda = `seed_weight`) is approximated from x0 + noise (L2 <= 0.5) by T normalised-gradient
-steps of size eta (`step_size`),
-clipped to [0, 1]. x* replaces the slot's real (over-sampled) image only if
-softmax(g(x*))_k >= gamma (`accept_confidence`) and a Bernoulli(1 - beta^max(N_k0 - N_k, 0)) draw succeeds.
+steps of size eta (`step_size`), clipped to [0, 1]. x* replaces the slot's real (over-sampled)
+image only if softmax(g(x*))_k >= gamma (`accept_confidence`) and a
+Bernoulli(1 - beta^max(N_k0 - N_k, 0)) draw succeeds.
 """
 from __future__ import annotations
 

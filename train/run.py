@@ -13,7 +13,7 @@ import torch
 from rundir import Checkpoint, RunDirectory, RunDirError
 from train.build import build_model
 from train.config import TrainConfig
-from train.fitting import fit_model
+from train.fitting import fit_model, load_teacher
 from train.plots import plot_run
 from train.run_data import load_run_data
 from train.run_evaluation import evaluate_run
@@ -22,19 +22,19 @@ from train.run_evaluation import evaluate_run
 def run(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train and evaluate one model; write checkpoint, config, metrics, split and plots to cfg.out."""
     cfg.validate()
+    data = load_run_data(cfg)  # bad data fails here, before anything is written
+    cfg = cfg.resolved(data.input_shape[0])
+    cfg.detector.check_bank(len(data.split.train))
+    if cfg.method == "sla":
+        cfg.sla.check_input(data.input_shape)
     out = RunDirectory(cfg.out)
     out.create()
     cfg, steering_seconds = with_steering_run(cfg, progress)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-
-    data = load_run_data(cfg)
-    cfg = cfg.resolved(data.input_shape[0])
-    cfg.detector.check_bank(len(data.split.train))
-    if cfg.method == "sla":
-        cfg.sla.check_input(data.input_shape)
+    teacher = load_teacher(cfg, data)
     spec, model = build_model(cfg, data)
-    fitted = fit_model(cfg, data, model, device, progress)
+    fitted = fit_model(cfg, data, model, device, teacher, progress)
     result = evaluate_run(cfg, data, model, spec, fitted, device)
     metrics = result.metrics
     if "m2m" in metrics:

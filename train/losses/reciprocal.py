@@ -24,7 +24,7 @@ class ReciprocalLoss(nn.Module):
         self.open_space_weight = open_space_weight
 
     @classmethod
-    def from_config(cls, cfg, classification: nn.Module | None = None) -> "ReciprocalLoss":
+    def from_config(cls, cfg, classification: nn.Module | None = None) -> ReciprocalLoss:
         """From a resolved train.config.TrainConfig (every task loss has this constructor)."""
         return cls(cfg.temperature, cfg.reciprocal.open_space_weight, classification)
 

@@ -18,7 +18,7 @@ class CrossEntropyLoss(nn.Module):
         self.classification = nn.CrossEntropyLoss() if classification is None else classification
 
     @classmethod
-    def from_config(cls, cfg, classification: nn.Module | None = None) -> "CrossEntropyLoss":
+    def from_config(cls, cfg, classification: nn.Module | None = None) -> CrossEntropyLoss:
         """From a resolved train.config.TrainConfig (every task loss has this constructor)."""
         return cls(cfg.temperature, classification)
 
