@@ -43,7 +43,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
+    def from_dict(cls, data: dict) -> ModelSpec:
         data = dict(data, mean=tuple(data["mean"]), std=tuple(data["std"]))
         return cls(**data)
 

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models import DETECTORS, ModelSpec, build_classifier, build_detector
+from models import DETECTORS, ModelSpec, build_classifier
 from models.detectors import (EnergyScore, KnnScore, LogitKnnFusion, MahalanobisScore,
                               MaxLogitScore, MaxSoftmaxScore, VimScore)
 from models.export_wrapper import ContractModel

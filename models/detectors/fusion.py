@@ -26,7 +26,7 @@ class LogitKnnFusion(nn.Module):
         return torch.stack([self.logit(outputs), self.knn(outputs)], dim=1)  # B x 2
 
     def fit(self, train: dict[str, torch.Tensor], labels: torch.Tensor,
-            val: dict[str, torch.Tensor], seed: int = 0) -> "LogitKnnFusion":
+            val: dict[str, torch.Tensor], seed: int = 0) -> LogitKnnFusion:
         self.knn.fit(train, labels, val, seed)
         parts = self.parts(val)  # known validation images only
         self.centre = parts.mean(0)

@@ -23,7 +23,7 @@ class KnnScore(nn.Module):
         self.register_buffer("bank", torch.zeros(bank_size, embed_dim))  # N_b x D, unit rows
 
     def fit(self, train: dict[str, torch.Tensor], labels: torch.Tensor,
-            val: dict[str, torch.Tensor], seed: int = 0) -> "KnnScore":
+            val: dict[str, torch.Tensor], seed: int = 0) -> KnnScore:
         """Fill the bank with a seeded subsample of the training embeddings (all if fewer)."""
         embedding = train["embedding"]
         if len(embedding) < self.k:

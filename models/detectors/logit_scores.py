@@ -15,7 +15,7 @@ from torch import nn
 
 class _LogitScore(nn.Module):
     def fit(self, train: dict[str, torch.Tensor], labels: torch.Tensor,
-            val: dict[str, torch.Tensor], seed: int = 0) -> "_LogitScore":
+            val: dict[str, torch.Tensor], seed: int = 0) -> _LogitScore:
         return self
 
 

@@ -19,7 +19,7 @@ class MahalanobisScore(nn.Module):
         self.register_buffer("precision", torch.eye(embed_dim))  # D x D
 
     def fit(self, train: dict[str, torch.Tensor], labels: torch.Tensor,
-            val: dict[str, torch.Tensor], seed: int = 0) -> "MahalanobisScore":
+            val: dict[str, torch.Tensor], seed: int = 0) -> MahalanobisScore:
         z = train["embedding"].double()  # N x D
         means = torch.stack([z[labels == c].mean(0) for c in range(len(self.means))])  # K x D
         centred = z - means[labels]  # N x D

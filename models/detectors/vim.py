@@ -30,7 +30,7 @@ class VimScore(nn.Module):
         return ((z - self.origin) @ self.residual_basis).norm(dim=1)  # B
 
     def fit(self, train: dict[str, torch.Tensor], labels: torch.Tensor,
-            val: dict[str, torch.Tensor], seed: int = 0) -> "VimScore":
+            val: dict[str, torch.Tensor], seed: int = 0) -> VimScore:
         z = train["embedding"].double()  # N x D
         origin = z.mean(0)
         _, vectors = torch.linalg.eigh((z - origin).t() @ (z - origin) / len(z))  # ascending
