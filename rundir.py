@@ -11,7 +11,7 @@ and the tests read it through here. Imports models/ and data/, nothing from trai
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 
 from cli_errors import UserError
 from data.datasets import load_dataset
-from data.splits import OpenSetSplit
+from data.splits import OpenSetSplit, open_set_split
 from models import ModelSpec, OpenSetClassifier, build_classifier
 
 SPLIT_PARTS = ("train", "val", "test_known", "test_unknown")
@@ -51,7 +51,8 @@ class Checkpoint:
         return classifier.eval()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as saved (the weights themselves, not copies)."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
 REQUIRED = [item.name for item in fields(Checkpoint) if item.default is MISSING]
@@ -79,13 +80,16 @@ class RunDirectory:
         self.create()
         self.write_checkpoint(checkpoint)
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
-        self.metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        self.write_metrics(metrics)
         if split is not None:
             np.savez(self.split_path, known_classes=np.array(split.known_classes),
                      **{part: getattr(split, part) for part in SPLIT_PARTS})
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
         torch.save(checkpoint.to_dict(), self.checkpoint_path)
+
+    def write_metrics(self, metrics: dict) -> None:
+        self.metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
 
     def _need(self, path: Path) -> None:
         if not path.is_file():
@@ -111,15 +115,19 @@ class RunDirectory:
         try:
             return checkpoint.classifier(), checkpoint
         except Exception as exc:  # noqa: BLE001 - a checkpoint that does not rebuild is bad input
+            detail = " ".join(str(exc).split())  # one line: state-dict errors span several
             raise RunDirError(f"{self.path}: cannot load model.pt ({type(exc).__name__}: "
-                              f"{exc})") from None
+                              f"{detail[:300]})") from None
 
     def _read_json(self, path: Path) -> dict:
         self._need(path)
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise RunDirError(f"{self.path}: cannot read {path.name} ({exc})") from None
+        if not isinstance(value, dict):
+            raise RunDirError(f"{self.path}: {path.name} is not a JSON object")
+        return value
 
     def read_config(self) -> dict:
         return self._read_json(self.config_path)
@@ -128,12 +136,27 @@ class RunDirectory:
         return self._read_json(self.metrics_path)
 
     def read_split(self) -> OpenSetSplit:
+        """split.npz; a run trained before it was written gets its split re-drawn from
+        config.json (the same draw, without a --imbalance thinning of the training part)."""
         if not self.split_path.is_file():
-            raise RunDirError(f"{self.path}: no split.npz (a run trained before the split was "
-                              "saved; re-run training)")
-        with np.load(self.split_path) as saved:
-            return OpenSetSplit(tuple(int(c) for c in saved["known_classes"]),
-                                *(saved[part] for part in SPLIT_PARTS))
+            return self._redrawn_split()
+        try:
+            with np.load(self.split_path, allow_pickle=False) as saved:
+                return OpenSetSplit(tuple(int(c) for c in saved["known_classes"]),
+                                    *(saved[part] for part in SPLIT_PARTS))
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise RunDirError(f"{self.path}: cannot read split.npz ({exc})") from None
+
+    def _redrawn_split(self) -> OpenSetSplit:
+        config, metrics = self.read_config(), self.read_metrics()
+        try:
+            data = load_dataset(config["dataset"])
+            known = [data.class_names.index(name) for name in metrics["known_classes"]]
+            return open_set_split(data.labels, known, config["split_seed"],
+                                  config["val_fraction"], config["test_fraction"])
+        except (KeyError, ValueError) as exc:
+            raise RunDirError(f"{self.path}: no split.npz, and config.json / metrics.json do "
+                              f"not describe the split ({type(exc).__name__}: {exc})") from None
 
     def split_images(self) -> dict[str, np.ndarray]:
         """The run's own train / test images (float [0, 1]) and test labels, from the dataset

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         info = start(Path(args.config), workdir)
-    except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+    except (RuntimeError, TimeoutError, subprocess.TimeoutExpired, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"TorchServe healthy after {info['seconds_to_healthy']:.1f} s at {info['inference']}")

@@ -165,7 +165,7 @@ def plot_bars(panels: dict[str, dict[str, dict]], path: Path) -> None:
 def write_report(out: Path, name: str, config: TrainConfig, report: Report) -> None:
     """<out>/<name>.json (the command line's config + the figures), .md, .png; the table to stdout."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps({"config": config.to_dict(), **report.data},
+    (out / f"{name}.json").write_text(json.dumps({"config": config.flat(), **report.data},
                                                  indent=2) + "\n")
     (out / f"{name}.md").write_text(report.table)
     plot_bars(report.panels, out / f"{name}.png")

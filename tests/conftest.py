@@ -16,13 +16,11 @@ from tests.helpers import ROOT, TINY_RUN, tiny_spec, training_inputs  # noqa: F4
 # steps, or runs for seconds). Tests mark themselves; every test of the `server` fixture is
 # marked here (test_serving.py: it trains 15 epochs and starts a real TorchServe).
 SLOW_FIXTURES = {"server"}
-SLOW_TESTS: set[str] = set()  # "test_file.py::test_name" of a slow test without its own mark
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) \
-                or f"{item.path.name}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

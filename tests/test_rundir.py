@@ -63,7 +63,7 @@ def test_split_round_trip_and_the_images_it_selects(tmp_path):
     assert len(images["test_unknown"]) == len(split.test_unknown) > 0
 
 
-def test_a_run_without_split_npz_is_named(tmp_path):
+def test_a_run_without_split_npz_or_a_config_that_redraws_it_is_named(tmp_path):
     RunDirectory(tmp_path).write(checkpoint(), {"dataset": "digits"}, {})
     with pytest.raises(RunDirError, match="no split.npz"):
         RunDirectory(tmp_path).read_split()
@@ -110,3 +110,39 @@ def test_finished_run_reads_the_flat_config_of_older_runs(tmp_path):
     write_config(tmp_path, {**old, "m2m_g": None}, {"closed_acc": 0.5})
     assert finished_run(cfg) is None  # today's default serves k-NN; that run did not
     assert finished_run(cfg.override(detector="none")) == {"closed_acc": 0.5}
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("split.npz", b"not a zip", "cannot read split.npz"),
+    ("config.json", b"[]", "config.json is not a JSON object"),
+])
+def test_damaged_split_or_config_is_a_run_dir_error(tmp_path, name, content, message):
+    RunDirectory(tmp_path).write(checkpoint(), {"dataset": "digits"}, {"known_classes": ["0"]})
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(RunDirError, match=message):
+        RunDirectory(tmp_path).read_split()
+
+
+def test_a_run_before_split_npz_redraws_its_split_from_config(tmp_path):
+    data = load_dataset("digits")
+    split = open_set_split(data.labels, (1, 3, 5, 7), 2)
+    config = {"dataset": "digits", "split_seed": 2, "val_fraction": 0.1, "test_fraction": 0.2}
+    RunDirectory(tmp_path).write(checkpoint(), config, {"known_classes": ["1", "3", "5", "7"]})
+    read = RunDirectory(tmp_path).read_split()
+    assert read.known_classes == (1, 3, 5, 7) and np.array_equal(read.test_known, split.test_known)
+
+
+def test_the_old_m2m_flag_name_still_works(tmp_path):
+    from train.cli import parse_config
+
+    cfg, _ = parse_config(["--m2m", "--m2m-g", "runs/g"])
+    assert cfg.long_tail.m2m.generator_run == "runs/g"
+    (tmp_path / "old.yaml").write_text("m2m: true\nm2m_g: runs/h\n")
+    cfg, _ = parse_config(["--config", str(tmp_path / "old.yaml")])
+    assert cfg.long_tail.m2m.generator_run == "runs/h"
+    assert TrainConfig.from_dict({"m2m_g": "runs/g"}).long_tail.m2m.generator_run == "runs/g"
+
+
+def test_a_config_section_that_is_not_a_mapping_is_named():
+    with pytest.raises(UserError, match="config section 'rkd' must be a mapping, got 3"):
+        TrainConfig.from_dict({"sla": {"task": "rpl"}, "rkd": 3})

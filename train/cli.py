@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from cli_errors import OneLineErrorParser, UserError
-from train.config import SETTING_NAMES, SETTINGS, TrainConfig, from_flat
+from train.config import OLD_NAMES, SETTING_NAMES, SETTINGS, TrainConfig, from_flat
 
 
 def build_parser(prog: str = "python -m train", description: str | None = __doc__) -> argparse.ArgumentParser:
@@ -16,12 +16,12 @@ def build_parser(prog: str = "python -m train", description: str | None = __doc_
     parser = OneLineErrorParser(prog=prog, description=description)
     parser.add_argument("--config", help="YAML file of defaults (keys as below, with underscores)")
     for item in SETTINGS:
-        flag = "--" + item.name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-") for name in (item.name, *item.old_names)]
         if item.type is bool:  # --flag / --no-flag
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=item.default,
-                                help=item.help)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction,
+                                default=item.default, help=item.help)
         else:
-            parser.add_argument(flag, type=item.type, default=item.default, help=item.help)
+            parser.add_argument(*flags, type=item.type, default=item.default, help=item.help)
     return parser
 
 
@@ -34,6 +34,7 @@ def config_file_args(path: str) -> list[str]:
         raise UserError(f"--config {path}: cannot read ({exc})") from None
     if not isinstance(defaults, dict):
         raise UserError(f"--config {path}: expected a mapping of settings, got {type(defaults).__name__}")
+    defaults = {OLD_NAMES.get(key, key): value for key, value in defaults.items()}
     unknown = sorted(str(key) for key in defaults if key not in SETTING_NAMES)
     if unknown:
         raise UserError(f"--config {path}: unknown keys {unknown}")
@@ -65,7 +66,7 @@ def parse_config(argv: list[str] | None = None,
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, _ = parse_config(argv)
-        from train.run import run  # the data and model libraries load after the argument checks
+        from train.run import run
 
         metrics = run(cfg)
     except UserError as exc:

@@ -27,9 +27,10 @@ SCORES_OF_HEAD = {"linear": linear_head.SCORES, "reciprocal": reciprocal_points.
 DEFAULT_SCORE = "mls"  # max logit; for reciprocal heads -max_k l_k, from the point distances
 
 
-def setting(default, help: str, flag: str | None = None):
-    """A field with its help text; `flag` overrides the flag name (default: prefix + name)."""
-    return field(default=default, metadata={"help": help, "flag": flag})
+def setting(default, help: str, flag: str | None = None, old_names: tuple[str, ...] = ()):
+    """A field with its help text; `flag` overrides the flag name (default: prefix + name);
+    `old_names` are earlier flag names still accepted."""
+    return field(default=default, metadata={"help": help, "flag": flag, "old_names": old_names})
 
 
 def section(cls: type, prefix: str):
@@ -138,7 +139,7 @@ class M2mConfig:
                             "(imbalanced training data)", flag="m2m")
     generator_run: str | None = setting(None, "run directory of the plain-CE classifier that "
                                         "steers the generation (the paper's g; default: train it "
-                                        "into OUT/g first)")
+                                        "into OUT/g first)", old_names=("m2m_g",))
     start_epoch: int = setting(20, "epochs of plain training before re-sampling + generation start")
     beta: float = setting(0.999, "beta of M2m's seed distribution and acceptance "
                           "1 - beta^(N_k0 - N_k)")
@@ -316,8 +317,7 @@ class TrainConfig:
     def from_dict(cls, saved: dict) -> TrainConfig:
         """A config.json: nested as written today, or flat as written before the sections."""
         if not isinstance(saved.get("sla"), dict):  # the flat layout of earlier runs
-            saved = {("m2m_generator_run" if key == "m2m_g" else key): value
-                     for key, value in saved.items()}
+            saved = {OLD_NAMES.get(key, key): value for key, value in saved.items()}
             return from_flat({k: v for k, v in saved.items() if k in SETTING_NAMES})
         return _build(cls, saved)
 
@@ -330,6 +330,7 @@ class Setting:
     type: type  # bool | int | float | str (None allowed where the default is None)
     default: object
     help: str
+    old_names: tuple[str, ...] = ()
 
 
 def _settings(cls: type, prefix: str = "", path: tuple[str, ...] = ()) -> list[Setting]:
@@ -343,7 +344,7 @@ def _settings(cls: type, prefix: str = "", path: tuple[str, ...] = ()) -> list[S
         kind = next(t for t in (*typing.get_args(hints[item.name]), hints[item.name])
                     if t is not type(None))
         found.append(Setting(name, path + (item.name,), kind, item.default,
-                             item.metadata.get("help", "")))
+                             item.metadata.get("help", ""), item.metadata.get("old_names", ())))
     return found
 
 
@@ -354,6 +355,8 @@ def _build(cls: type, values: dict, path: tuple[str, ...] = ()):
         if item.name not in values:
             continue
         value = values[item.name]
+        if "prefix" in item.metadata and not isinstance(value, dict):
+            raise UserError(f"config section {item.name!r} must be a mapping, got {value!r}")
         kwargs[item.name] = (_build(item.default_factory, value) if "prefix" in item.metadata
                              else value)
     return cls(**kwargs)
@@ -373,6 +376,7 @@ def from_flat(values: dict) -> TrainConfig:
 
 SETTINGS = _settings(TrainConfig)
 SETTING_NAMES = {item.name for item in SETTINGS}
+OLD_NAMES = {old: item.name for item in SETTINGS for old in item.old_names}  # e.g. m2m_g
 
 
 def check_device(name: str) -> None:

@@ -12,7 +12,8 @@ import torch
 
 from rundir import Checkpoint, RunDirectory, RunDirError
 from train.build import build_model
-from train.config import TrainConfig
+from cli_errors import UserError
+from train.config import OLD_NAMES, TrainConfig
 from train.fitting import fit_model, load_teacher
 from train.plots import plot_run
 from train.run_data import load_run_data
@@ -28,7 +29,11 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.method == "sla":
         cfg.sla.check_input(data.input_shape)
     out = RunDirectory(cfg.out)
-    out.create()
+    try:
+        out.create()
+    except RunDirError as exc:
+        raise UserError(f"--out {exc}") from None
+    written = cfg  # config.json: the settings as asked for (a steering run left to train: null)
     cfg, steering_seconds = with_steering_run(cfg, progress)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
@@ -47,7 +52,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
         threshold=result.threshold, threshold_rule=metrics["threshold_rule"],
         temperature=cfg.temperature, head_threshold=result.head_threshold,
         aggregated_threshold=metrics.get("aggregated", {}).get("threshold"), macs=metrics["macs"])
-    out.write(checkpoint, cfg.to_dict(), metrics, data.split)
+    out.write(checkpoint, written.to_dict(), metrics, data.split)
     plot_run(out.path, cfg, metrics, result.test_known["unknown_score"],
              result.test_unknown["unknown_score"], result.threshold)
     return metrics
@@ -92,7 +97,7 @@ def finished_run(cfg: TrainConfig) -> dict | None:
     if isinstance(saved.get("sla"), dict):  # nested: every setting written
         saved = TrainConfig.from_dict(saved).flat()
     else:  # the flat config.json of a run before the sections: only the settings it knew
-        saved = {("m2m_generator_run" if k == "m2m_g" else k): v for k, v in saved.items()}
+        saved = {OLD_NAMES.get(k, k): v for k, v in saved.items()}
     wanted = {k: v for k, v in cfg.flat().items() if v is not None and k != "out"
               and (cfg.method == "sla" or not k.startswith("sla_"))}
     defaults = {**TrainConfig().flat(), **LEGACY_DEFAULTS}  # a setting newer than the run

@@ -90,7 +90,7 @@ def evaluate_run(cfg: TrainConfig, data: RunData, model: nn.Module, spec: ModelS
     metrics = open_set_metrics(known, data.part_labels("test_known"), unknown, threshold)
     metrics["head"] = head_score_rates(known[f"score:{spec.score}"],
                                        unknown[f"score:{spec.score}"], head_threshold)
-    metrics.update(run_facts(cfg, data, spec, model, fitted))
+    metrics.update(run_facts(cfg, data, spec, model, fitted, device))
     metrics.update(long_tail_metrics(known["logits"].argmax(1), data.part_labels("test_known"),
                                      np.array(data.class_counts), data.known_names))
     if len(unknown["logits"]):
@@ -100,7 +100,7 @@ def evaluate_run(cfg: TrainConfig, data: RunData, model: nn.Module, spec: ModelS
 
 
 def run_facts(cfg: TrainConfig, data: RunData, spec: ModelSpec, model: nn.Module,
-              fitted: Fitted) -> dict:
+              fitted: Fitted, device: torch.device) -> dict:
     """What was trained, on what, for how long, on which machine."""
     split = data.split
     return {
@@ -118,7 +118,7 @@ def run_facts(cfg: TrainConfig, data: RunData, spec: ModelSpec, model: nn.Module
         "train_seconds": fitted.seconds, "augment": cfg.augment, "epochs_run": fitted.epochs,
         "sgd_steps": fitted.epochs * math.ceil(len(split.train) / cfg.batch_size),
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                    "device": str(next(model.parameters()).device)},
+                    "device": str(device)},
         "history": fitted.history,
         "imbalance": cfg.long_tail.imbalance, "loss": cfg.long_tail.loss,
     }
