@@ -146,3 +146,14 @@ def test_the_old_m2m_flag_name_still_works(tmp_path):
 def test_a_config_section_that_is_not_a_mapping_is_named():
     with pytest.raises(UserError, match="config section 'rkd' must be a mapping, got 3"):
         TrainConfig.from_dict({"sla": {"task": "rpl"}, "rkd": 3})
+
+
+def test_the_train_cli_names_out_and_writes_nothing_for_bad_data(tmp_path, capsys):
+    from train.cli import main
+
+    (tmp_path / "file").write_text("")
+    assert main(["--dataset", "digits", "--out", str(tmp_path / "file" / "run")]) == 2
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'file' / 'run'}: cannot create "
+                                       "directory (Not a directory)\n")
+    assert main(["--dataset", f"npz:{tmp_path / 'missing.npz'}", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()  # the data stage fails before the run directory exists
