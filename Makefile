@@ -43,8 +43,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+# NPROC=N: train with N processes under torchrun (DDP; README "Several processes")
+TRAIN := $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node=$(NPROC) -m train,$(PY) -m train)
+
 $(RUN_DIR)/model.pt: | $(STAMP)
-	$(PY) -m train --method arpl --dataset mnist5k --out $(RUN_DIR)
+	$(TRAIN) --method arpl --dataset mnist5k --out $(RUN_DIR)
 
 train: $(RUN_DIR)/model.pt
 

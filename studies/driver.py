@@ -23,6 +23,7 @@ import numpy as np
 from cli_errors import UserError
 from train.cli import build_parser, parse_config
 from train.config import TrainConfig
+from train.distributed import context
 
 MISSING = "n/a"  # a figure no run of a cell defines (closed-set AUROC, a detector a head lacks)
 
@@ -123,7 +124,8 @@ def run_cells(cells: list[Cell], resume: bool) -> Results:
         if metrics is None:
             metrics = run(cell.cfg)
         results.append((cell, metrics))
-        print(progress_line(cell, metrics), flush=True)
+        if context().is_main:
+            print(progress_line(cell, metrics), flush=True)
     return results
 
 
@@ -191,6 +193,8 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         base, extra = parse_config(argv, study_parser(study))
         resume = extra.pop("resume")
         results = run_cells(study.cells(base, extra), resume)
+        if not context().is_main:  # under torchrun every rank trains; rank 0 reports
+            return 0
         report = study.report(base, extra, results)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import sys
 import yaml
 
 from cli_errors import OneLineErrorParser, UserError
+from train.distributed import context
 from train.config import OLD_NAMES, SETTING_NAMES, SETTINGS, TrainConfig, from_flat
 
 
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if not context().is_main:  # under torchrun, rank 0 reports
+        return 0
     summary = {k: metrics[k] for k in ("closed_acc", "balanced_acc", "auroc", "oscr", "threshold",
                                        "known_accept_rate", "unknown_reject_rate", "train_seconds")}
     print(json.dumps(summary, indent=2))

@@ -284,6 +284,20 @@ class TrainConfig:
         self.long_tail.validate(self.head, self.method, self.epochs)
         check_device(self.device)
 
+    def check_world_size(self, world_size: int) -> None:
+        """The settings that change meaning under torchrun with `world_size` processes."""
+        if world_size == 1:
+            return
+        if self.batch_size % world_size:
+            raise UserError(f"--batch-size {self.batch_size} is the global batch: it must split "
+                            f"evenly over the {world_size} processes")
+        if self.batch_size // world_size < 2:
+            raise UserError(f"--batch-size {self.batch_size} leaves {self.batch_size // world_size} "
+                            f"image(s) per process; BatchNorm needs >= 2")
+        if self.device.startswith("cuda:"):
+            raise UserError(f"--device {self.device} under torchrun: pass --device cuda (each "
+                            "process uses cuda:LOCAL_RANK)")
+
     def resolved(self, in_channels: int) -> TrainConfig:
         """The settings left to the method's or the data's defaults filled in."""
         return self.override(

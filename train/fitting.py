@@ -13,6 +13,7 @@ from models.sla import transform_views
 from train.build import build_loss
 from train.checkpoints import load_fitting_classifier
 from train.config import TrainConfig
+from train.distributed import SINGLE, Context
 from train.drs import DeferredResampling
 from train.loop import fit
 from train.m2m import MajorToMinor, load_steering
@@ -37,16 +38,17 @@ def epochs_for(cfg: TrainConfig, n_train: int) -> int:
 
 
 def batch_hook(cfg: TrainConfig, model: nn.Module, data: RunData, epochs: int,
-               device: torch.device) -> MajorToMinor | DeferredResampling | None:
-    """M2m (its steering run must exist: train/run.py trains it first) or DRS re-sampling."""
+               device: torch.device, seed: int) -> MajorToMinor | DeferredResampling | None:
+    """M2m (its steering run must exist: train/run.py trains it first) or DRS re-sampling;
+    `seed` is per process under torchrun, so the ranks re-draw different batches."""
     lt = cfg.long_tail
     if lt.m2m.enabled:
         steering = load_steering(lt.m2m.generator_run, data.known_names, data.input_shape)
         return MajorToMinor(steering.to(device), model, *data.tensors("train"), lt.m2m,
-                            cfg.augment, cfg.seed)
+                            cfg.augment, seed)
     if lt.drs:
         return DeferredResampling(*data.tensors("train"), round(lt.drs_start * epochs),
-                                  cfg.augment, cfg.seed)
+                                  cfg.augment, seed)
     return None
 
 
@@ -62,17 +64,21 @@ def load_teacher(cfg: TrainConfig, data: RunData) -> nn.Module | None:
 
 
 def fit_model(cfg: TrainConfig, data: RunData, model: nn.Module, device: torch.device,
-              teacher: nn.Module | None = None, progress: bool = True) -> Fitted:
-    """Train `model` in place with the method's loss (distilled from `teacher` with --teacher);
-    time only the loop."""
+              teacher: nn.Module | None = None, progress: bool = True,
+              ctx: Context = SINGLE) -> Fitted:
+    """Train `model` in place with the method's loss (distilled from `teacher` with --teacher),
+    on every process of a torchrun job; time only the loop."""
     epochs = epochs_for(cfg, len(data.split.train))
-    hook = batch_hook(cfg, model, data, epochs, device)
+    hook = batch_hook(cfg, model, data, epochs, device, cfg.seed + ctx.rank)
     views = partial(transform_views, transform=cfg.sla.transform) if cfg.method == "sla" else None
     started = time.perf_counter()
     history = fit(model, build_loss(cfg, data.class_counts), data.tensors("train"),
                   data.tensors("val"), epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                   momentum=cfg.momentum, weight_decay=cfg.weight_decay, augmentation=cfg.augment,
                   seed=cfg.seed, device=device, progress=progress, teacher=teacher,
-                  batch_hook=hook, views=views)
+                  batch_hook=hook, views=views, ctx=ctx)
+    if isinstance(hook, MajorToMinor):  # the generation counts of every process
+        ctx.sum(hook.generated)
+        ctx.sum(hook.accepted)
     return Fitted(history, time.perf_counter() - started, epochs, teacher,
                   hook if isinstance(hook, MajorToMinor) else None)

@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from train.augment import augment
+from train.distributed import SINGLE, Context, epoch_order, shard_report
 
 
 def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -48,6 +49,19 @@ def _forward(model: nn.Module, x: torch.Tensor, teacher: nn.Module | None) -> di
     return outputs
 
 
+def _parallel(model: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
+    """The module the training steps call: DDP over `model` under torchrun, else `model`."""
+    if not ctx.active:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _shard_size(n: int, ctx: Context) -> int:
+    """Images a process trains on per epoch: all of them, or n // world_size under DDP."""
+    return n // ctx.world_size if ctx.active else n
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              device: torch.device, batch_size: int = 512) -> float:
@@ -66,29 +80,35 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
         views: Callable[[torch.Tensor], torch.Tensor] | None = None,
         teacher: nn.Module | None = None,
         batch_hook: Callable[[int, torch.Tensor, torch.Tensor],
-                             tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[dict]:
+                             tuple[torch.Tensor, torch.Tensor]] | None = None,
+        ctx: Context = SINGLE) -> list[dict]:
     """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties).
 
     batch_hook(epoch, x, y) -> (x, y), if given, replaces each augmented batch (e.g. M2m);
     `views` then expands it before the forward pass (SLA's M transformed copies), and a frozen
     `teacher` adds its embedding of the same inputs as outputs["teacher_embedding"].
+    Under torchrun (`ctx`), `batch_size` is the global batch: each process trains a disjoint
+    shard with batch_size / world_size images a step (train/distributed.py).
     """
     images, labels = train
     model.to(device).to(memory_format=torch.channels_last)
     if teacher is not None:
         teacher.to(device).to(memory_format=torch.channels_last).eval()
     loss_fn.to(device)
-    steps_per_epoch = math.ceil(len(images) / batch_size)
+    trained = _parallel(model, ctx, device)
+    batch_size //= ctx.world_size
+    steps_per_epoch = math.ceil(_shard_size(len(images), ctx) / batch_size)
     optimizer, schedule = _sgd_with_schedule([model, loss_fn], lr, momentum, weight_decay,
                                              epochs * steps_per_epoch, steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + ctx.rank)
     best_acc, best_state, history = -1.0, None, []
-    bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not (progress and ctx.is_main),
+               leave=False)
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(images), generator=generator)
+        order = epoch_order(len(images), epoch, seed, ctx, generator)
         running = 0.0
-        for start in range(0, len(images), batch_size):
+        for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
@@ -98,14 +118,18 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
                 x, y = batch_hook(epoch, x, y)
             if views is not None:
                 x = views(x)
-            loss = loss_fn(_forward(model, x, teacher), y)
+            loss = loss_fn(_forward(trained, x, teacher), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             running += loss.item() * len(idx)
+        running = ctx.sum(torch.tensor([running], dtype=torch.float64)).item()  # over the shards
+        ctx.sync_buffers(model)  # every rank validates (and keeps) rank 0's BatchNorm statistics
         val_acc = accuracy(model, *val, device)
         history.append({"epoch": epoch + 1, "loss": running / len(images), "val_acc": val_acc})
+        if ctx.active:
+            history[-1]["shards"] = shard_report(ctx.gather(order), len(images))
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_acc=f"{val_acc:.4f}")
         if val_acc >= best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())

@@ -3,6 +3,7 @@
 Each stage is its own module: train/config.py (settings and their checks), train/run_data.py,
 train/build.py, train/fitting.py, train/run_evaluation.py, and rundir.py, which owns the run
 directory's files. M2m's steering classifier is a run of its own, trained first when needed.
+Under torchrun (train/distributed.py) the same pipeline runs on every process.
 """
 from __future__ import annotations
 
@@ -16,46 +17,71 @@ from cli_errors import UserError
 from train.config import OLD_NAMES, TrainConfig
 from train.fitting import fit_model, load_teacher
 from train.plots import plot_run
-from train.run_data import load_run_data
-from train.run_evaluation import evaluate_run
+from train.distributed import context, world_size_from_env
+from train.run_data import RunData, load_run_data
+from train.run_evaluation import Evaluation, evaluate_run
 
 
 def run(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train and evaluate one model; write checkpoint, config, metrics, split and plots to cfg.out."""
+    """Train and evaluate one model; write checkpoint, config, metrics, split and plots to
+    cfg.out. Under torchrun every process trains and rank 0 alone evaluates and writes."""
+    cfg, data = checked(cfg)  # bad settings or data fail here, before anything is written
+    ctx = context(cfg.device)
+    out = RunDirectory(cfg.out)
+    ctx.on_main(lambda: create(out))
+    asked = cfg  # config.json: the settings as asked for (a steering run left to train: null)
+    cfg, steering_seconds = with_steering_run(cfg, progress)
+    torch.manual_seed(cfg.seed)
+    device = ctx.device(cfg.device)
+    teacher = load_teacher(cfg, data)
+    spec, model = build_model(cfg, data)
+    fitted = fit_model(cfg, data, model, device, teacher, progress, ctx)
+    metrics = None
+    if ctx.is_main:
+        result = evaluate_run(cfg, data, model, spec, fitted, device)
+        metrics = result.metrics
+        metrics["machine"].update(world_size=ctx.world_size, backend=ctx.backend,
+                                  per_process_batch=cfg.batch_size // ctx.world_size)
+        if "m2m" in metrics:
+            metrics["m2m"]["g_train_seconds"] = steering_seconds
+            print_m2m_summary(metrics["m2m"]["per_class"])
+        write(out, asked, cfg, data, model, result)
+    ctx.barrier()  # the other ranks wait for the run directory, then read what rank 0 wrote
+    return metrics if metrics is not None else out.read_metrics()
+
+
+def checked(cfg: TrainConfig) -> tuple[TrainConfig, RunData]:
+    """The config validated (also for the torchrun world size) and resolved, and its data."""
     cfg.validate()
-    data = load_run_data(cfg)  # bad data fails here, before anything is written
+    cfg.check_world_size(world_size_from_env())
+    data = load_run_data(cfg)
     cfg = cfg.resolved(data.input_shape[0])
     cfg.detector.check_bank(len(data.split.train))
     if cfg.method == "sla":
         cfg.sla.check_input(data.input_shape)
-    out = RunDirectory(cfg.out)
+    return cfg, data
+
+
+def create(out: RunDirectory) -> None:
     try:
         out.create()
     except RunDirError as exc:
         raise UserError(f"--out {exc}") from None
-    written = cfg  # config.json: the settings as asked for (a steering run left to train: null)
-    cfg, steering_seconds = with_steering_run(cfg, progress)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    teacher = load_teacher(cfg, data)
-    spec, model = build_model(cfg, data)
-    fitted = fit_model(cfg, data, model, device, teacher, progress)
-    result = evaluate_run(cfg, data, model, spec, fitted, device)
-    metrics = result.metrics
-    if "m2m" in metrics:
-        metrics["m2m"]["g_train_seconds"] = steering_seconds
-        print_m2m_summary(metrics["m2m"]["per_class"])
 
+
+def write(out: RunDirectory, asked: TrainConfig, cfg: TrainConfig, data: RunData,
+          model: torch.nn.Module, result: Evaluation) -> None:
+    """The run directory (rundir.py) and the plots."""
+    metrics = result.metrics
     checkpoint = Checkpoint(
         model_spec=result.spec.to_dict(), state_dict=model.state_dict(),
         class_names=data.known_names, input_shape=list(data.input_shape), method=cfg.method,
         threshold=result.threshold, threshold_rule=metrics["threshold_rule"],
         temperature=cfg.temperature, head_threshold=result.head_threshold,
         aggregated_threshold=metrics.get("aggregated", {}).get("threshold"), macs=metrics["macs"])
-    out.write(checkpoint, written.to_dict(), metrics, data.split)
+    out.write(checkpoint, asked.to_dict(), metrics, data.split)
     plot_run(out.path, cfg, metrics, result.test_known["unknown_score"],
              result.test_unknown["unknown_score"], result.threshold)
-    return metrics
 
 
 def with_steering_run(cfg: TrainConfig, progress: bool) -> tuple[TrainConfig, float | None]:
