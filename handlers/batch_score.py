@@ -57,17 +57,28 @@ def in_order(pool: Executor, work: Callable, items: Iterable, window: int) -> It
         yield item, future.result()
 
 
-def write_batch(writer: RowWriter, batch: Batch, answers: list[dict | str], counts: dict) -> None:
-    """The batch's rows, in input order, and its images, errors and unknowns counted."""
+def batch_rows(batch: Batch, answers: list[dict | str]) -> Iterator[tuple[str, dict | None, str | None]]:
+    """(id, answer or None, error or None) per image of the batch, in input order."""
     by_position = dict(zip(batch.good, answers))
     for i, image_id in enumerate(batch.ids):
         answer = by_position.get(i)
         error = batch.errors.get(i) or (answer if isinstance(answer, str) else None)
-        answer = answer if isinstance(answer, dict) else None
-        writer.write(image_id, answer, error)
-        counts["errors"] += error is not None
-        counts["unknown"] += bool(answer and not answer["known"])
-    counts["images"] += len(batch.ids)
+        yield image_id, answer if isinstance(answer, dict) else None, error
+
+
+def write_row(writer: RowWriter, image_id: str, answer: dict | None, error: str | None,
+              counts: dict) -> None:
+    """One row, and its image, error and unknown counted."""
+    writer.write(image_id, answer, error)
+    counts["images"] += 1
+    counts["errors"] += error is not None
+    counts["unknown"] += bool(answer and not answer["known"])
+
+
+def write_batch(writer: RowWriter, batch: Batch, answers: list[dict | str], counts: dict) -> None:
+    """The batch's rows, in input order."""
+    for row in batch_rows(batch, answers):
+        write_row(writer, *row, counts)
 
 
 def summary(counts: dict, seconds: float, out: Path) -> dict:
@@ -106,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="batches in flight at once (default: 1 locally - onnxruntime already "
                              "uses the cores -, 4 with --server)")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime threads (with --ray: per actor, default 1)")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="score on Ray Data: a local Ray started and stopped here, or the "
+                             "cluster at ADDRESS (host:port, ray://host:port or auto); needs the "
+                             "`ray` extra")
     parser.add_argument("--quiet", action="store_true")
     parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, exit 2
     return parser
@@ -124,6 +140,11 @@ def checked_concurrency(args: argparse.Namespace) -> int:
         raise BatchScoreError(f"--server {args.server!r}: expected http://host:port")
     if not args.model:
         raise BatchScoreError("--model is required (the .onnx gives the input shape)")
+    if args.ray and args.server:
+        raise BatchScoreError("--ray scores with the model file, --server through a server: "
+                              "choose one")
+    if args.threads is not None and args.threads < 1:
+        raise BatchScoreError("--threads must be >= 1")
     return concurrency
 
 
@@ -138,6 +159,16 @@ def remote_scorer(args: argparse.Namespace) -> RemoteScorer | None:
     return RemoteScorer(args.server, args.model_name, token)
 
 
+def ray_score(args: argparse.Namespace, predictor: Predictor) -> dict:
+    """--ray: the same rows from Ray Data (handlers/ray_score.py; the `ray` extra)."""
+    try:
+        from handlers.ray_score import score_on_ray
+    except ImportError as exc:
+        raise BatchScoreError(f"--ray needs Ray Data: pip install -e '.[ray]' ({exc})") from None
+    return score_on_ray(Path(args.input), Path(args.out), Path(args.model), predictor.shape,
+                        args.ray, args.batch_size, args.threads or 1, not args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from handlers.contract import ModelFileError
@@ -146,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         concurrency = checked_concurrency(args)
         predictor = Predictor(args.model, threads=args.threads)
-        result = score(Path(args.input), Path(args.out), predictor, remote=remote_scorer(args),
-                       batch_size=args.batch_size, concurrency=concurrency, progress=not args.quiet)
+        if args.ray:
+            result = ray_score(args, predictor)
+        else:
+            result = score(Path(args.input), Path(args.out), predictor,
+                           remote=remote_scorer(args), batch_size=args.batch_size,
+                           concurrency=concurrency, progress=not args.quiet)
     except (BatchScoreError, ModelFileError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

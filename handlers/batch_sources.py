@@ -86,12 +86,27 @@ def list_images(source: Path) -> list[Path]:
     return [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
 
 
+def image_paths(source: Path) -> list[Path]:
+    """The image files of a folder or list file; one that cannot be read is a BatchScoreError."""
+    if not source.exists():
+        raise BatchScoreError(f"{source}: no such folder, list file or .npz")
+    try:
+        return list_images(source)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BatchScoreError(f"{source}: cannot read ({exc})") from None
+
+
+def npz_batch(x: np.ndarray, start: int, stop: int, shape: Shape) -> Batch:
+    """Rows start..stop-1 of an .npz `x`; ids are the row numbers."""
+    pixels = npz_pixels(x[start:stop], shape)
+    return Batch([str(i) for i in range(start, start + len(pixels))], list(pixels), pixels,
+                 list(range(len(pixels))))
+
+
 def npz_batches(x: np.ndarray, shape: Shape, batch_size: int) -> Iterator[Batch]:
-    """Batches of an .npz `x`; ids are the row numbers."""
+    """Batches of an .npz `x`."""
     for start in range(0, len(x), batch_size):
-        pixels = npz_pixels(x[start:start + batch_size], shape)
-        yield Batch([str(i) for i in range(start, start + len(pixels))], list(pixels), pixels,
-                    list(range(len(pixels))))
+        yield npz_batch(x, start, start + batch_size, shape)
 
 
 def read_image(path: Path, shape: Shape) -> tuple[bytes, np.ndarray | str]:
@@ -129,11 +144,6 @@ def batches(source: Path, shape: Shape, batch_size: int) -> tuple[int, Iterator[
     if source.suffix == ".npz":
         x = open_npz(source, shape)
         return len(x), npz_batches(x, shape, batch_size)
-    if not source.exists():
-        raise BatchScoreError(f"{source}: no such folder, list file or .npz")
-    try:
-        paths = list_images(source)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BatchScoreError(f"{source}: cannot read ({exc})") from None
+    paths = image_paths(source)
     return len(paths), (read_batch(paths[start:start + batch_size], shape)
                         for start in range(0, len(paths), batch_size))

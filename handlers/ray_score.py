@@ -1,0 +1,164 @@
+"""`python -m handlers.batch_score ... --ray [ADDRESS]`: the same rows, scored on Ray Data.
+
+The driver lists the work as the local scorer does (handlers/batch_sources.py): chunks of
+--batch-size images, row ranges of an .npz or paths of a folder or list file. Ray Data maps
+the chunks over a pool of actors, each holding one serving Predictor with onnxruntime's
+intra-op threads set to the actor's CPU share (Ray sets OMP_NUM_THREADS, which onnxruntime
+ignores). Per image an actor returns its id, the answer (JSON) or the error text; the results
+come back in input order (preserve_order) and the driver writes them with the same RowWriter,
+so the rows equal the local scorer's, column for column.
+
+The model file and an .npz travel through Ray's object store. A folder or list file is read by
+the workers, so on a cluster it must be on storage every node mounts at the same path.
+Ray (the `ray` extra, Ray Data API of ray 2.60: `map_batches(concurrency=N)`, which replaced
+`compute=ActorPoolStrategy(...)`) is imported only here, never on the serving path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from handlers.batch_sources import BatchScoreError, image_paths, npz_batch, open_npz, read_batch
+from handlers.batch_writer import RowWriter
+from handlers.decode import Shape
+
+LOCAL = "local"  # --ray without an address: start a Ray on this machine, stop it after
+
+
+class ScoringActor:
+    """One Ray actor: a Predictor over the model bytes, scoring one chunk per call."""
+
+    def __init__(self, model: list, shape: tuple, threads: int, providers: list[str] | None,
+                 npz: list | None):
+        import ray
+
+        from handlers.predictor import Predictor
+
+        handle, path = tempfile.mkstemp(suffix=".onnx")  # onnxruntime and the contract read files
+        with os.fdopen(handle, "wb") as file:
+            file.write(ray.get(model[0]))
+        self.predictor = Predictor(path, threads=threads, providers=providers)
+        os.unlink(path)
+        self.shape = Shape(*shape)
+        self.x = ray.get(npz[0]) if npz else None  # refs in a list: Ray leaves them unresolved
+
+    def __call__(self, chunks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from handlers.batch_score import answer_batch, batch_rows
+
+        rows = []
+        for start, stop, paths in zip(chunks["start"], chunks["stop"], chunks["paths"]):
+            batch = (npz_batch(self.x, int(start), int(stop), self.shape) if self.x is not None
+                     else read_batch([Path(p) for p in json.loads(paths)], self.shape))
+            rows += batch_rows(batch, answer_batch(self.predictor, None, batch))
+        return {"id": np.array([r[0] for r in rows], dtype=object),
+                "answer": np.array([json.dumps(r[1]) if r[1] else "" for r in rows], dtype=object),
+                "error": np.array([r[2] or "" for r in rows], dtype=object)}
+
+
+def connect(address: str) -> None:
+    """ray.init on a local Ray (started here) or the cluster at `address`; a cluster that does
+    not answer is a one-line BatchScoreError within seconds, not Ray's minutes of retries."""
+    import ray
+    import ray.data
+
+    for name in ("ray", "ray.data"):  # Ray Data's execution plans and statistics stay quiet
+        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if address == LOCAL:
+        ray.init(num_cpus=os.cpu_count(), **quiet)
+        return
+    if address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+        except (OSError, ValueError) as exc:
+            raise BatchScoreError(f"--ray {address}: no Ray cluster answers there ({exc})") from None
+    try:
+        ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+    except (ConnectionError, RuntimeError) as exc:
+        raise BatchScoreError(f"--ray {address}: cannot connect ({exc})") from None
+
+
+def work(source: Path, shape: Shape, batch_size: int) -> tuple[int, list[dict], object]:
+    """(image count, chunk items, object ref of the .npz `x` or None)."""
+    import ray
+
+    if source.suffix == ".npz":
+        x = open_npz(source, shape)
+        items = [{"start": s, "stop": min(s + batch_size, len(x)), "paths": ""}
+                 for s in range(0, len(x), batch_size)]
+        return len(x), items, ray.put(x)
+    paths = [str(p) for p in image_paths(source)]
+    items = [{"start": 0, "stop": 0, "paths": json.dumps(paths[s:s + batch_size])}
+             for s in range(0, len(paths), batch_size)]
+    return len(paths), items, None
+
+
+def actor_pool(threads: int) -> tuple[int, dict, list[str] | None]:
+    """(actors, Ray resources per actor, onnxruntime providers): one actor per GPU when the
+    cluster has GPUs and onnxruntime-gpu is installed, else CPUs // threads actors."""
+    import onnxruntime
+    import ray
+
+    resources = ray.cluster_resources()
+    if resources.get("GPU", 0) >= 1 and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return int(resources["GPU"]), {"num_gpus": 1}, ["CUDAExecutionProvider",
+                                                        "CPUExecutionProvider"]
+    return max(1, int(resources.get("CPU", 1)) // threads), {"num_cpus": threads}, None
+
+
+def score_on_ray(source: Path, out: Path, model_path: Path, shape: Shape, address: str = LOCAL,
+                 batch_size: int = 64, threads: int = 1, progress: bool = True) -> dict:
+    """Score every image of `source` into `out` on Ray; the local scorer's summary, plus where
+    the time went (`ray`)."""
+    import ray
+
+    from handlers.batch_score import summary, write_row
+
+    writer = RowWriter(out)  # a bad --out fails before Ray starts
+    started = time.perf_counter()
+    connect(address)
+    timings = {"connect_s": time.perf_counter() - started}
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # rows in input order, as locally
+        context.enable_progress_bars = False
+        total, items, npz = work(source, shape, batch_size)
+        actors, resources, providers = actor_pool(threads)
+        # max_restarts reaches the actors through map_batches' **ray_remote_args, which ray 2.60
+        # flags as deprecated (removed in 2.64; this extra pins 2.60)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        scored = ray.data.from_items(items).map_batches(
+            ScoringActor, batch_size=1, batch_format="numpy", **resources,
+            compute=ray.data.ActorPoolStrategy(size=actors),  # ray >= 2.51; was concurrency=
+            # a failed actor fails the job (one line) instead of restarting from arguments in
+            # the object store, which Ray cannot promise to still hold
+            max_restarts=0,
+            fn_constructor_kwargs={"model": [ray.put(model_path.read_bytes())],
+                                   "shape": (shape.channels, shape.height, shape.width), "threads": threads,
+                                   "providers": providers, "npz": [npz] if npz else None})
+        counts = {"images": 0, "errors": 0, "unknown": 0}
+        first = None
+        with writer, tqdm(total=total, unit="img", disable=not progress, desc="score") as bar:
+            for rows in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                first = first or time.perf_counter() - started
+                for image_id, answer, error in zip(rows["id"], rows["answer"], rows["error"]):
+                    write_row(writer, str(image_id), json.loads(answer) if answer else None,
+                              error or None, counts)
+                bar.update(len(rows["id"]))
+    finally:
+        writer.close()
+        ray.shutdown()  # stops the local Ray; only disconnects from a cluster
+    result = summary(counts, time.perf_counter() - started, out)
+    result["ray"] = {**timings, "first_rows_s": first, "actors": actors,
+                     "threads_per_actor": threads, "address": address, **resources}
+    return result
