@@ -15,6 +15,7 @@ import json
 import sys
 from argparse import ArgumentParser
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from collections.abc import Callable
 
@@ -120,11 +121,12 @@ def run_cells(cells: list[Cell], resume: bool) -> Results:
         cell.cfg.validate()
     results = []
     for cell in cells:
-        metrics = finished_run(cell.cfg) if resume else None
+        ctx = context(cell.cfg.device)  # under torchrun rank 0 decides, so all ranks agree
+        metrics = ctx.on_main(partial(finished_run, cell.cfg)) if resume else None
         if metrics is None:
             metrics = run(cell.cfg)
         results.append((cell, metrics))
-        if context().is_main:
+        if ctx.is_main:
             print(progress_line(cell, metrics), flush=True)
     return results
 
@@ -193,7 +195,7 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         base, extra = parse_config(argv, study_parser(study))
         resume = extra.pop("resume")
         results = run_cells(study.cells(base, extra), resume)
-        if not context().is_main:  # under torchrun every rank trains; rank 0 reports
+        if not context(base.device).is_main:  # under torchrun every rank trains; rank 0 reports
             return 0
         report = study.report(base, extra, results)
     except UserError as exc:

@@ -76,9 +76,9 @@ def test_two_processes_train_one_model_like_one_process(tmp_path):
     assert (metrics["machine"]["world_size"], metrics["machine"]["backend"]) == (2, "gloo")
     assert metrics["machine"]["per_process_batch"] == 32
     n_train = metrics["n_train"]
-    for epoch in metrics["history"]:  # disjoint shards covering all but n_train % 2 images
-        assert epoch["shards"] == {"per_rank": [n_train // 2] * 2, "shared": 0,
-                                   "skipped": n_train % 2}
+    for epoch in metrics["history"]:  # disjoint shards covering all but n_train % 2 images,
+        assert epoch["shards"] == {"per_rank": [n_train // 2] * 2, "shared": 0,  # one model
+                                   "skipped": n_train % 2, "replicas_equal": True}
 
     assert export_main([str(tmp_path / "ddp"), "--out", str(tmp_path / "ddp.onnx")]) == 0
     predictor = Predictor(tmp_path / "ddp.onnx")
@@ -110,9 +110,18 @@ def test_m2m_under_two_processes_sums_the_generation_counts(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_bad_setting_stops_every_rank_with_one_line_and_writes_nothing(tmp_path):
-    result = torchrun("--dataset", "digits", "--batch-size", "3", "--out", str(tmp_path / "run"))
-    message = "error: --batch-size 3 is the global batch: it must split evenly over the 2 processes"
+@pytest.mark.parametrize("args, message", [
+    # checked before the process group starts
+    (["--batch-size", "3", "--out", "{tmp}/run"],
+     "--batch-size 3 is the global batch: it must split evenly over the 2 processes"),
+    # found by rank 0 alone (it creates the run directory) and broadcast to the other rank
+    (["--out", "{tmp}/file/run"], "--out {tmp}/file/run: cannot create directory (Not a directory)"),
+])
+def test_a_bad_setting_stops_every_rank_with_one_line_and_writes_nothing(tmp_path, args, message):
+    (tmp_path / "file").write_text("")
+    result = torchrun("--dataset", "digits", *[arg.format(tmp=tmp_path) for arg in args])
     assert result.returncode != 0
-    assert result.stderr.count(message) == 2  # each rank's one line (torchrun adds its report)
-    assert not (tmp_path / "run").exists()
+    # each rank's one line and exit code 2 (torchrun adds its own failure report)
+    assert result.stderr.count(f"error: {message.format(tmp=tmp_path)}\n") == 2
+    assert "exitcode  : 2" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

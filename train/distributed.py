@@ -10,15 +10,18 @@ The rules (README "Several processes"):
   step, so the steps per epoch, the schedule and --lr stay those of one process;
 - each epoch a seeded shuffle is cut into N disjoint shards (DistributedSampler, drop_last:
   at most N - 1 images of an epoch are skipped, a different few each epoch);
-- seeds per rank (augmentation, M2m / DRS re-sampling) are seed + rank; the initial weights
-  are identical (same seed; DDP also broadcasts them from rank 0);
+- seeds per rank (augmentation, M2m / DRS re-sampling) are rank_seed(seed, rank): rank 0 keeps
+  the seed, rank r adds r * 1,000,003, so two seeds' streams never coincide across ranks; the
+  initial weights are identical (same seed; DDP also broadcasts them from rank 0);
 - plain BatchNorm: each process normalises its own shard of the batch; rank 0's running
   statistics are broadcast before every forward and before validation;
-- rank 0 alone evaluates, calibrates, writes the run directory and plots; the others wait.
+- rank 0 alone evaluates, calibrates, writes the run directory and plots; the others wait and
+  receive its metrics (or its one-line error) by broadcast, not from the file system.
 """
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -94,6 +97,15 @@ class Context:
 
 SINGLE = Context()
 _context: Context | None = None
+# the other ranks wait in a collective while rank 0 evaluates and writes a run (or a study
+# reports), which on a large run outlasts torch's 10-30 min default
+TIMEOUT = datetime.timedelta(hours=2)
+SEED_STRIDE = 1_000_003
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """This rank's seed for augmentation and re-sampling; rank 0 (and one process) keeps `seed`."""
+    return seed + rank * SEED_STRIDE
 
 
 def world_size_from_env() -> int:
@@ -115,9 +127,12 @@ def context(device: str = "cpu") -> Context:
         else:
             backend = "nccl" if device.startswith("cuda") else "gloo"
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            if backend == "nccl":
+            if backend == "nccl":  # CUDA tensors over nccl, the CPU ones (loss sums) over gloo
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend)
+                dist.init_process_group("cpu:gloo,cuda:nccl", timeout=TIMEOUT,
+                                        device_id=torch.device("cuda", local_rank))
+            else:
+                dist.init_process_group("gloo", timeout=TIMEOUT)
             atexit.register(dist.destroy_process_group)
             _context = Context(dist.get_rank(), dist.get_world_size(), local_rank, backend)
     return _context
@@ -136,9 +151,19 @@ def epoch_order(n: int, epoch: int, seed: int, ctx: Context,
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
-def shard_report(shards: list[torch.Tensor], n: int) -> dict:
-    """Per epoch: images each rank trained on, images two ranks shared, images none saw."""
+def shard_report(shards: list[torch.Tensor], n: int, checksums: list[float] | None = None) -> dict:
+    """Per epoch: images each rank trained on, images two ranks shared, images none saw, and
+    whether every rank ended the epoch with the same weights (DDP kept the replicas in sync)."""
     seen = [set(shard.tolist()) for shard in shards]
     union = set().union(*seen)
     shared = sum(len(a & b) for i, a in enumerate(seen) for b in seen[i + 1:])
-    return {"per_rank": [len(s) for s in seen], "shared": shared, "skipped": n - len(union)}
+    report = {"per_rank": [len(s) for s in seen], "shared": shared, "skipped": n - len(union)}
+    if checksums is not None:
+        report["replicas_equal"] = len(set(checksums)) == 1
+    return report
+
+
+def weights_checksum(module: torch.nn.Module) -> float:
+    """A number that changes with any parameter (compared across ranks, not stored)."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() + (p.double() ** 2).sum() for p in module.parameters()))

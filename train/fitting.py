@@ -13,7 +13,7 @@ from models.sla import transform_views
 from train.build import build_loss
 from train.checkpoints import load_fitting_classifier
 from train.config import TrainConfig
-from train.distributed import SINGLE, Context
+from train.distributed import SINGLE, Context, rank_seed
 from train.drs import DeferredResampling
 from train.loop import fit
 from train.m2m import MajorToMinor, load_steering
@@ -69,7 +69,7 @@ def fit_model(cfg: TrainConfig, data: RunData, model: nn.Module, device: torch.d
     """Train `model` in place with the method's loss (distilled from `teacher` with --teacher),
     on every process of a torchrun job; time only the loop."""
     epochs = epochs_for(cfg, len(data.split.train))
-    hook = batch_hook(cfg, model, data, epochs, device, cfg.seed + ctx.rank)
+    hook = batch_hook(cfg, model, data, epochs, device, rank_seed(cfg.seed, ctx.rank))
     views = partial(transform_views, transform=cfg.sla.transform) if cfg.method == "sla" else None
     started = time.perf_counter()
     history = fit(model, build_loss(cfg, data.class_counts), data.tensors("train"),

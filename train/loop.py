@@ -10,7 +10,8 @@ from torch import nn
 from tqdm import tqdm
 
 from train.augment import augment
-from train.distributed import SINGLE, Context, epoch_order, shard_report
+from train.distributed import (SINGLE, Context, epoch_order, rank_seed, shard_report,
+                               weights_checksum)
 
 
 def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -100,7 +101,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
     steps_per_epoch = math.ceil(_shard_size(len(images), ctx) / batch_size)
     optimizer, schedule = _sgd_with_schedule([model, loss_fn], lr, momentum, weight_decay,
                                              epochs * steps_per_epoch, steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed + ctx.rank)
+    generator = torch.Generator().manual_seed(rank_seed(seed, ctx.rank))
     best_acc, best_state, history = -1.0, None, []
     bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not (progress and ctx.is_main),
                leave=False)
@@ -129,7 +130,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
         val_acc = accuracy(model, *val, device)
         history.append({"epoch": epoch + 1, "loss": running / len(images), "val_acc": val_acc})
         if ctx.active:
-            history[-1]["shards"] = shard_report(ctx.gather(order), len(images))
+            history[-1]["shards"] = shard_report(ctx.gather(order), len(images),
+                                                 ctx.gather(weights_checksum(model)))
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_acc=f"{val_acc:.4f}")
         if val_acc >= best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())

@@ -36,8 +36,8 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     teacher = load_teacher(cfg, data)
     spec, model = build_model(cfg, data)
     fitted = fit_model(cfg, data, model, device, teacher, progress, ctx)
-    metrics = None
-    if ctx.is_main:
+
+    def evaluate_and_write() -> dict:
         result = evaluate_run(cfg, data, model, spec, fitted, device)
         metrics = result.metrics
         metrics["machine"].update(world_size=ctx.world_size, backend=ctx.backend,
@@ -46,8 +46,9 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
             metrics["m2m"]["g_train_seconds"] = steering_seconds
             print_m2m_summary(metrics["m2m"]["per_class"])
         write(out, asked, cfg, data, model, result)
-    ctx.barrier()  # the other ranks wait for the run directory, then read what rank 0 wrote
-    return metrics if metrics is not None else out.read_metrics()
+        return metrics
+
+    return ctx.on_main(evaluate_and_write)  # rank 0's metrics (or its error) on every rank
 
 
 def checked(cfg: TrainConfig) -> tuple[TrainConfig, RunData]:
@@ -91,8 +92,9 @@ def with_steering_run(cfg: TrainConfig, progress: bool) -> tuple[TrainConfig, fl
     if not m2m.enabled or m2m.generator_run is not None:
         return cfg, None
     steering_dir = str(Path(cfg.out) / "g")
-    print(f"m2m: training the steering classifier g (plain CE, same data) into {steering_dir}",
-          flush=True)
+    if context(cfg.device).is_main:
+        print(f"m2m: training the steering classifier g (plain CE, same data) into "
+              f"{steering_dir}", flush=True)
     steering = cfg.override(method="softmax", loss="ce", m2m=False, out=steering_dir,
                             logit_adjust=0.0, drs=False, score=None, temperature=None)
     seconds = run(steering, progress)["train_seconds"]
