@@ -117,7 +117,8 @@ def test_bad_run_inputs_exit_2(runs, tmp_path, capsys, make_input, message):
 def test_output_suffix_is_checked(runs, folder, tmp_path, capsys):
     assert main([str(folder), "--model", str(runs["arpl"][1]), "--out",
                  str(tmp_path / "o.txt"), "--quiet"]) == 2
-    assert "use a .csv or .jsonl" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'o.txt'}: use a .csv, .jsonl or "
+                                       ".parquet file name\n")
 
 
 ANSWER = {"label": "unknown", "known": False, "predicted_class": "3", "class_index": 1,
