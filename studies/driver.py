@@ -24,7 +24,7 @@ import numpy as np
 from cli_errors import UserError
 from train.cli import build_parser, parse_config
 from train.config import TrainConfig
-from train.distributed import context
+from train.distributed import context, shutdown
 
 MISSING = "n/a"  # a figure no run of a cell defines (closed-set AUROC, a detector a head lacks)
 
@@ -195,11 +195,11 @@ def main(study: Study, argv: list[str] | None = None) -> int:
         base, extra = parse_config(argv, study_parser(study))
         resume = extra.pop("resume")
         results = run_cells(study.cells(base, extra), resume)
-        if not context(base.device).is_main:  # under torchrun every rank trains; rank 0 reports
-            return 0
-        report = study.report(base, extra, results)
+        if context(base.device).is_main:  # under torchrun every rank trains; rank 0 reports
+            write_report(Path(base.out), study.name, base, study.report(base, extra, results))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    write_report(Path(base.out), study.name, base, report)
+    finally:
+        shutdown()  # torchrun: the ranks leave together, after rank 0's report
     return 0

@@ -56,7 +56,8 @@ def test_settings_that_do_not_split_over_the_processes_are_refused(changes, worl
 # failures of torchrun's own rendezvous / gloo connections on a loaded shared machine (a port
 # taken between torchrun choosing it and binding it, a peer connection reset), never ours
 LAUNCH_ERRORS = ("EADDRINUSE", "address already in use", "DistNetworkError",
-                 "RendezvousConnectionError", "Connection reset by peer", "Connection refused")
+                 "RendezvousConnectionError", "Connection reset by peer", "Connection refused",
+                 "Connection closed by peer")
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -75,10 +76,16 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     return result
 
 
+def failure(result: subprocess.CompletedProcess) -> str:
+    """The lines of a failed job that say why (the workers' own, before torchrun's report)."""
+    keys = ("rror", "terminate", "what()", "abort", "Exception", "exitcode")
+    return "\n".join(line for line in result.stderr.splitlines() if any(k in line for k in keys))[-3000:]
+
+
 @pytest.mark.slow
 def test_two_processes_train_one_model_like_one_process(tmp_path):
     result = torchrun(*TINY, "--out", str(tmp_path / "ddp"))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure(result)
     assert result.stdout.count("run written to") == 1  # rank 0 reports, rank 1 stays quiet
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # one run directory
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
@@ -106,7 +113,7 @@ def test_m2m_under_two_processes_sums_the_generation_counts(tmp_path):
                       "0.25", "--num-known", "10", "--imbalance", "10", "--m2m",
                       "--m2m-start-epoch", "1", "--m2m-steps", "1", "--m2m-gamma", "0",
                       "--detector", "none", "--out", str(tmp_path / "m2m"))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, failure(result)
     metrics = json.loads((tmp_path / "m2m" / "metrics.json").read_text())
     counts = list(metrics["train_counts"].values())
     # one M2m epoch sees n_train - n_train % 2 images over both ranks, each slot a class drawn

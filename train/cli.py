@@ -8,7 +8,7 @@ import sys
 import yaml
 
 from cli_errors import OneLineErrorParser, UserError
-from train.distributed import context
+from train.distributed import context, shutdown
 from train.config import OLD_NAMES, SETTING_NAMES, SETTINGS, TrainConfig, from_flat
 
 
@@ -72,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        shutdown()  # every rank raised the same error (torchrun): leave together
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if not context().is_main:  # under torchrun, rank 0 reports
+    main_rank = context().is_main
+    shutdown()
+    if not main_rank:  # under torchrun, rank 0 reports
         return 0
     summary = {k: metrics[k] for k in ("closed_acc", "balanced_acc", "auroc", "oscr", "threshold",
                                        "known_accept_rate", "unknown_reject_rate", "train_seconds")}

@@ -133,9 +133,28 @@ def context(device: str = "cpu") -> Context:
                                         device_id=torch.device("cuda", local_rank))
             else:
                 dist.init_process_group("gloo", timeout=TIMEOUT)
-            atexit.register(dist.destroy_process_group)
+            atexit.register(_destroy)
             _context = Context(dist.get_rank(), dist.get_world_size(), local_rank, backend)
     return _context
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shutdown() -> None:
+    """End a torchrun job together: a barrier first, so that no rank closes its connections
+    while another still reads the last broadcast (that read then aborts), and no rank exits
+    before the others printed their error (torchrun stops the rest when one exits). An error
+    found before the process group existed starts a gloo group just for this barrier."""
+    global _context
+    if world_size_from_env() > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=5))
+        dist.barrier()
+        dist.destroy_process_group()
+    _context = None
 
 
 def epoch_order(n: int, epoch: int, seed: int, ctx: Context,
