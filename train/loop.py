@@ -58,6 +58,27 @@ def _parallel(model: nn.Module, ctx: Context, device: torch.device) -> nn.Module
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def _place(device: torch.device, model: nn.Module, teacher: nn.Module | None) -> None:
+    """Both on the device in channels-last layout (faster convolutions on CPU); the teacher
+    in eval mode (frozen)."""
+    model.to(device).to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.to(device).to(memory_format=torch.channels_last).eval()
+
+
+def _epoch_row(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+               ctx: Context, epoch: int, running: float, order: torch.Tensor, n: int) -> dict:
+    """The epoch's history row: the loss summed over every shard per training image, the
+    validation accuracy (with rank 0's BatchNorm statistics on every rank) and, under DDP,
+    the shards' report."""
+    running = ctx.sum(torch.tensor([running], dtype=torch.float64)).item()
+    ctx.sync_buffers(model)
+    row = {"epoch": epoch + 1, "loss": running / n, "val_acc": accuracy(model, *val, device)}
+    if ctx.active:
+        row["shards"] = shard_report(ctx.gather(order), n, ctx.gather(weights_checksum(model)))
+    return row
+
+
 def _shard_size(n: int, ctx: Context) -> int:
     """Images a process trains on per epoch: all of them, or n // world_size under DDP."""
     return n // ctx.world_size if ctx.active else n
@@ -92,9 +113,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
     shard with batch_size / world_size images a step (train/distributed.py).
     """
     images, labels = train
-    model.to(device).to(memory_format=torch.channels_last)
-    if teacher is not None:
-        teacher.to(device).to(memory_format=torch.channels_last).eval()
+    _place(device, model, teacher)
     loss_fn.to(device)
     trained = _parallel(model, ctx, device)
     batch_size //= ctx.world_size
@@ -125,13 +144,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
             optimizer.step()
             schedule.step()
             running += loss.item() * len(idx)
-        running = ctx.sum(torch.tensor([running], dtype=torch.float64)).item()  # over the shards
-        ctx.sync_buffers(model)  # every rank validates (and keeps) rank 0's BatchNorm statistics
-        val_acc = accuracy(model, *val, device)
-        history.append({"epoch": epoch + 1, "loss": running / len(images), "val_acc": val_acc})
-        if ctx.active:
-            history[-1]["shards"] = shard_report(ctx.gather(order), len(images),
-                                                 ctx.gather(weights_checksum(model)))
+        history.append(_epoch_row(model, val, device, ctx, epoch, running, order, len(images)))
+        val_acc = history[-1]["val_acc"]
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_acc=f"{val_acc:.4f}")
         if val_acc >= best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
