@@ -10,7 +10,7 @@ import torch
 
 from models import build_classifier
 # re-exported: tests import these from conftest
-from tests.helpers import ROOT, TINY_RUN, tiny_spec, training_inputs  # noqa: F401
+from tests.helpers import ROOT, TINY_RUN, tiny_spec, training_inputs, write_png  # noqa: F401
 
 # `make test-fast` skips tests marked slow (pyproject.toml: starts TorchServe, trains past a few
 # steps, or runs for seconds). Tests mark themselves; every test of the `server` fixture is
@@ -61,3 +61,15 @@ def runs(tmp_path_factory):
         report = export_onnx(run_dir, root / f"{method}.onnx", model_version="7")
         made[method] = (run_dir, root / f"{method}.onnx", report)
     return made
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """An image folder for the batch scorers: 6 PNGs (one in a sub-folder) and a corrupt one."""
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    for i in range(5):
+        write_png(root / f"img{i}.png", 40 * i)
+    write_png(root / "sub" / "nested.png", 255)
+    (root / "broken.png").write_bytes(b"definitely not a png")
+    return root

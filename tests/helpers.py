@@ -91,3 +91,10 @@ def open_set_figures(model: Callable, run_dir: Path, threshold: float) -> dict:
             "oscr": float(np.mean(correct[:, None] * below)),
             "known_accept_rate": float(np.mean(known_scores <= threshold)),
             "unknown_reject_rate": float(np.mean(unknown_scores > threshold))}
+
+
+def write_png(path: Path, value: int) -> None:
+    """An 8x8 grey PNG of one value."""
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), value, np.uint8), "L").save(path)

@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
 from handlers.batch_score import main
 from handlers.batch_sources import BatchScoreError, batches, open_npz, read_batch
@@ -18,6 +17,7 @@ from handlers.batch_writer import COLUMNS, RowWriter
 from handlers.decode import Shape
 from handlers.predictor import Predictor
 from handlers.remote_client import RemoteScorer
+from tests.helpers import write_png
 
 SHAPE = Shape(1, 8, 8)
 
@@ -25,21 +25,6 @@ SHAPE = Shape(1, 8, 8)
 def onnx_output(path, name: str, pixels: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run([name], {"images": pixels})[0]
-
-
-def write_png(path, value):
-    Image.fromarray(np.full((8, 8), value, np.uint8), "L").save(path)
-
-
-@pytest.fixture
-def folder(tmp_path):
-    root = tmp_path / "images"
-    (root / "sub").mkdir(parents=True)
-    for i in range(5):
-        write_png(root / f"img{i}.png", 40 * i)
-    write_png(root / "sub" / "nested.png", 255)
-    (root / "broken.png").write_bytes(b"definitely not a png")
-    return root
 
 
 def test_folder_with_corrupt_file_is_scored_and_reported(runs, folder, tmp_path, capsys):

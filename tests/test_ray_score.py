@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from handlers.batch_score import main
-from tests.test_batch_score import folder  # noqa: F401 - the fixture: 6 images and a corrupt one
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install -e '.[ray]')")
 
@@ -18,7 +17,7 @@ def score(*args: str) -> int:
 
 
 @pytest.mark.slow
-def test_ray_rows_equal_local_rows_on_a_folder_and_an_npz(runs, folder, tmp_path, capsys):  # noqa: F811
+def test_ray_rows_equal_local_rows_on_a_folder_and_an_npz(runs, folder, tmp_path, capsys):
     model = str(runs["arpl"][1])
     x = np.random.default_rng(0).integers(0, 256, (300, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "x.npz", x=x)
@@ -60,7 +59,7 @@ def test_parquet_rows_carry_the_jsonl_values(runs, tmp_path, capsys):
     (["--ray", "headnode"], "error: --ray headnode: expected host:port, ray://host:port or auto"),
     (["--ray", "--server", "http://127.0.0.1:1"], "error: --ray scores with the model file, --server"),
 ])
-def test_bad_ray_input_is_one_line_and_exit_2(runs, folder, tmp_path, capsys, extra, message):  # noqa: F811
+def test_bad_ray_input_is_one_line_and_exit_2(runs, folder, tmp_path, capsys, extra, message):
     assert score(str(folder), "--model", str(runs["arpl"][1]), "--out", str(tmp_path / "o.csv"),
                  *extra) == 2
     err = capsys.readouterr().err
@@ -72,7 +71,7 @@ def never_connect(address):
 
 
 def test_a_missing_model_or_input_stops_before_ray_starts_and_keeps_the_output(
-        runs, folder, tmp_path, capsys, monkeypatch):  # noqa: F811
+        runs, folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("handlers.ray_score.connect", never_connect)
     out = tmp_path / "o.csv"
     out.write_text("yesterday's rows\n")
@@ -88,7 +87,7 @@ def test_a_missing_model_or_input_stops_before_ray_starts_and_keeps_the_output(
 
 
 @pytest.mark.slow
-def test_more_threads_than_any_node_has_is_one_line(runs, folder, tmp_path, capsys):  # noqa: F811
+def test_more_threads_than_any_node_has_is_one_line(runs, folder, tmp_path, capsys):
     assert score(str(folder), "--model", str(runs["arpl"][1]), "--out", str(tmp_path / "o.csv"),
                  "--ray", "--threads", "512") == 2
     err = capsys.readouterr().err
@@ -96,7 +95,7 @@ def test_more_threads_than_any_node_has_is_one_line(runs, folder, tmp_path, caps
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_without_ray_the_flag_says_how_to_install_it(runs, folder, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_without_ray_the_flag_says_how_to_install_it(runs, folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "handlers.ray_score", None)  # import fails as if absent
     assert score(str(folder), "--model", str(runs["arpl"][1]), "--out", str(tmp_path / "o.csv"),
                  "--ray") == 2

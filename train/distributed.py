@@ -54,10 +54,6 @@ class Context:
             return torch.device("cuda", self.local_rank)
         return torch.device(requested)
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over the processes (in place; returned for chaining)."""
         if self.active:
@@ -168,6 +164,11 @@ def epoch_order(n: int, epoch: int, seed: int, ctx: Context,
                                  shuffle=True, seed=seed, drop_last=True)
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def shard_size(n: int, ctx: Context) -> int:
+    """len(epoch_order(n, ...)): all n for one process, n // world_size under DDP (drop_last)."""
+    return n // ctx.world_size if ctx.active else n
 
 
 def shard_report(shards: list[torch.Tensor], n: int, checksums: list[float] | None = None) -> dict:

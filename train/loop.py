@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from train.augment import augment
 from train.distributed import (SINGLE, Context, epoch_order, rank_seed, shard_report,
-                               weights_checksum)
+                               shard_size, weights_checksum)
 
 
 def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -79,11 +79,6 @@ def _epoch_row(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], device:
     return row
 
 
-def _shard_size(n: int, ctx: Context) -> int:
-    """Images a process trains on per epoch: all of them, or n // world_size under DDP."""
-    return n // ctx.world_size if ctx.active else n
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              device: torch.device, batch_size: int = 512) -> float:
@@ -117,7 +112,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
     loss_fn.to(device)
     trained = _parallel(model, ctx, device)
     batch_size //= ctx.world_size
-    steps_per_epoch = math.ceil(_shard_size(len(images), ctx) / batch_size)
+    steps_per_epoch = math.ceil(shard_size(len(images), ctx) / batch_size)
     optimizer, schedule = _sgd_with_schedule([model, loss_fn], lr, momentum, weight_decay,
                                              epochs * steps_per_epoch, steps_per_epoch)
     generator = torch.Generator().manual_seed(rank_seed(seed, ctx.rank))
