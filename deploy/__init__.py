@@ -1,0 +1,1 @@
+"""Kubernetes deployment of both serving fronts (KServe InferenceServices); see deploy/README.md."""
