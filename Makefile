@@ -18,7 +18,9 @@ LOAD_MIX ?= known=70,unknown=25,bad=5
 MAX_FAIL_RATIO ?= 0
 MAX_P95_MS ?= 1000
 
-.PHONY: serve stop test test-fast train export protocol load bench clean-venv
+KSERVE_PORT ?= 8085
+
+.PHONY: serve stop serve-kserve stop-kserve test test-fast train export protocol load bench clean-venv
 
 # pyproject.toml is the one dependency list; the stamp re-installs when it changes.
 $(STAMP): pyproject.toml
@@ -35,6 +37,14 @@ serve: model_store/$(MODEL).mar
 
 stop: $(STAMP)
 	$(PY) -m handlers.server stop
+
+# The KServe front (Open Inference Protocol v2) on the same .onnx, 127.0.0.1:$(KSERVE_PORT).
+serve-kserve: $(RUN_DIR)/model.onnx | $(STAMP)
+	$(PY) -m handlers.kserve_server start --model $(RUN_DIR)/model.onnx --name $(MODEL) \
+		--http-port $(KSERVE_PORT) --threads $(ORT_THREADS)
+
+stop-kserve: $(STAMP)
+	$(PY) -m handlers.kserve_server stop
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -4,7 +4,8 @@ The tensors in and out are `handlers.oip`'s; the decision is `Predictor.decide`,
 TorchServe handler and the batch scorer. Decoding and onnxruntime run in the event loop's
 thread pool, so the loop keeps reading requests while a batch computes. Prometheus counters
 (on the server's /metrics, beside kserve's own latency histograms):
-  openset_images_total, openset_unknown_total, openset_bad_requests_total   (counters)
+  openset_images_total, openset_unknown_total, openset_bad_requests_total   (counters; the
+  last one counts every 400 of a served model, including bodies refused before the model)
   openset_unknown_rate   (gauge: the unknown fraction of the last UNKNOWN_WINDOW images)
 """
 from __future__ import annotations
@@ -30,7 +31,15 @@ UNKNOWN = Counter("openset_unknown", "Images answered 'unknown'", ["model_name"]
 BAD_REQUESTS = Counter("openset_bad_requests", "Requests answered 400", ["model_name"])
 UNKNOWN_RATE = Gauge("openset_unknown_rate",
                      f"Fraction answered 'unknown' among the last {UNKNOWN_WINDOW} images", ["model_name"])
+SERVED: set[str] = set()  # names of the models loaded in this process
 DATATYPES = {"label": "BYTES", "predicted_class": "BYTES", "known": "BOOL"}  # the rest: FP32
+
+
+def count_bad_request(model_name: str | None) -> None:
+    """One more 400 for a model this process serves (the server's error handlers call it, so
+    bodies refused before they reach the model count too; other names get no label)."""
+    if model_name in SERVED:
+        BAD_REQUESTS.labels(model_name).inc()
 
 
 def _invalid(error: InputError) -> InvalidInput:
@@ -71,6 +80,7 @@ class OpenSetModel(Model):
 
     def load(self) -> bool:
         self.predictor = Predictor(self.model_path, name=self.name, threads=self.threads)
+        SERVED.add(self.name)
         self.ready = True
         return self.ready
 
@@ -85,7 +95,6 @@ class OpenSetModel(Model):
         try:
             images, threshold = oip.read_request(request.inputs, request.parameters, self.predictor)
         except InputError as error:
-            BAD_REQUESTS.labels(self.name).inc()
             raise _invalid(error) from None
         arrays = oip.output_arrays(self.predictor, self.predictor.run(images), threshold)
         unknown = ~arrays["known"]
@@ -111,7 +120,6 @@ class OpenSetModel(Model):
 
     async def predict(self, payload: InferRequest, headers: dict | None = None) -> InferResponse:
         if not isinstance(payload, InferRequest):  # kserve's v1 route hands over a plain dict
-            BAD_REQUESTS.labels(self.name).inc()
             raise _invalid(InputError("wrong_protocol", "this server speaks the Open Inference "
                                       f"Protocol v2: POST /v2/models/{self.name}/infer"))
         return await asyncio.get_running_loop().run_in_executor(None, self._answer, payload)

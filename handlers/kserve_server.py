@@ -4,7 +4,7 @@
     python -m handlers.kserve_server start ...   (`make serve-kserve`: background, waits, prints a call)
     python -m handlers.kserve_server stop        (`make stop-kserve`)
 
-`run` is what a container runs (deploy/kserve/Dockerfile). Three things differ from a bare
+`run` is what a container runs (deploy/Dockerfile). Three things differ from a bare
 `kserve.ModelServer`, each because a client's mistake must never be a 5xx or an HTML/422 page:
 - the REST server binds `--host` (127.0.0.1 by default; kserve hard-codes 0.0.0.0);
 - the request decoder answers 400 for a malformed body (kserve raises ValueError/KeyError ->
@@ -46,7 +46,7 @@ from kserve.protocol.rest.server import RESTServer  # noqa: E402
 
 from cli_errors import OneLineErrorParser, UserError  # noqa: E402
 from handlers.contract import ModelFileError  # noqa: E402
-from handlers.kserve_predictor import OpenSetModel  # noqa: E402
+from handlers.kserve_predictor import OpenSetModel, count_bad_request  # noqa: E402
 
 sys.argv = _ARGV
 
@@ -142,8 +142,9 @@ class OpenSetDataPlane(DataPlane):
                 "versions": [model.predictor.info.model_version]}
 
 
-async def _validation_error(_request, error: RequestValidationError) -> ORJSONResponse:
+async def _validation_error(request, error: RequestValidationError) -> ORJSONResponse:
     """FastAPI's 422 {"detail": [...]} for a body that is not an InferenceRequest -> 400."""
+    count_bad_request(request.path_params.get("model_name"))
     first = error.errors()[0] if error.errors() else {}
     if first.get("type") == "json_invalid":
         detail = "the body is not valid JSON"
@@ -154,8 +155,9 @@ async def _validation_error(_request, error: RequestValidationError) -> ORJSONRe
                           status_code=400)
 
 
-async def _invalid_input(_request, error: InvalidInput) -> ORJSONResponse:
+async def _invalid_input(request, error: InvalidInput) -> ORJSONResponse:
     """400 {"error", "code"}: the code of the InputError behind it, as on the TorchServe front."""
+    count_bad_request(request.path_params.get("model_name"))
     return ORJSONResponse({"error": error.reason, "code": getattr(error, "code", "bad_request")},
                           status_code=400)
 

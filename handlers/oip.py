@@ -123,6 +123,9 @@ def _image_bytes(tensor: Any, predictor: Predictor) -> np.ndarray:
         try:
             pixels.append(decode_image_bytes(_encoded(element, index), predictor.shape))
         except InputError as error:
+            if error.code == "not_an_image":  # the REST front's text speaks of a body
+                raise InputError(error.code, f"{IMAGE_BYTES}[{index}] is not an image "
+                                 "(PNG, JPEG, ...)") from None
             prefix = "" if str(error).startswith(IMAGE_BYTES) else f"{IMAGE_BYTES}[{index}]: "
             raise InputError(error.code, f"{prefix}{error}") from None
     return np.stack(pixels)

@@ -5,6 +5,8 @@
 (c) this server, 64-image JSON requests: images/s;
 (d) the stock TorchServe path (BaseHandler + eager PyTorch + PIL + softmax) under (b)'s load;
 (e) the offline batch scorer on an .npz: images/s;
+(f) the KServe front (OIP v2, `handlers.kserve_server`) against this server on the same .onnx,
+    single images and 64 per call, in interleaved rounds (median and range of each ratio);
 plus (b) again serving the int8 export of the same model.
 Models: the default small CNN run (28x28 grey) and a CIFAR ResNet-18 (32x32 RGB): random
 weights, or a trained run given with --resnet-run-dir whose gate-checked int8 export
@@ -44,12 +46,15 @@ from export.archive import build_archive  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 from handlers.batch_score import score  # noqa: E402
+from handlers.kserve_server import wait_until_ready as kserve_ready  # noqa: E402
 from handlers.predictor import Predictor  # noqa: E402
 from handlers.server import start, stop, write_config  # noqa: E402
 from models import ModelSpec, build_classifier  # noqa: E402
 from rundir import Checkpoint, RunDirectory  # noqa: E402
 
 THREADS = 2
+KSERVE_PORT = 18085
+MULTI_IMAGE_CLIENTS = 4
 
 
 def resnet_run(run_dir: Path) -> Path:
@@ -106,11 +111,12 @@ def raw_onnxruntime(predictor: Predictor, images: np.ndarray, batch: int, second
     return count / (time.perf_counter() - started)
 
 
-def http_load(port: int, path: str, bodies: list[bytes], content_type: str, token: str,
+def http_load(port: int, path: str, requests: list[tuple[bytes, dict[str, str]]],
               concurrency: int, seconds: float, images_per_request: int = 1,
               warmup: float = 2.0) -> dict:
-    """Closed-loop load: `concurrency` keep-alive clients; `warmup` seconds unrecorded, then
-    `seconds` recorded; throughput and latency percentiles."""
+    """Closed-loop load: `concurrency` keep-alive clients each POSTing random (body, headers)
+    pairs of `requests`; `warmup` seconds unrecorded, then `seconds` recorded; throughput and
+    latency percentiles."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -120,10 +126,9 @@ def http_load(port: int, path: str, bodies: list[bytes], content_type: str, toke
     def client(seed: int) -> None:
         rng = np.random.default_rng(seed)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Content-Type": content_type, "Authorization": f"Bearer {token}"}
         mine, failed = [], 0
         while time.perf_counter() < deadline:
-            body = bodies[rng.integers(len(bodies))]
+            body, headers = requests[rng.integers(len(requests))]
             sent = time.perf_counter()
             try:
                 connection.request("POST", path, body=body, headers=headers)
@@ -147,7 +152,7 @@ def http_load(port: int, path: str, bodies: list[bytes], content_type: str, toke
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - record_from
-    ms = np.array(latencies) * 1000
+    ms = np.array(latencies or [np.nan]) * 1000  # no completed request: NaN percentiles
     return {"requests": len(latencies), "errors": errors[0], "seconds": elapsed,
             "req_per_s": len(latencies) / elapsed,
             "images_per_s": len(latencies) * images_per_request / elapsed,
@@ -257,8 +262,9 @@ def load_phases(server: dict, metrics_url: str, name: str, result: dict, seconds
 
     def load(suffix: str, bodies: list[bytes] = pngs, content_type: str = "image/png",
              clients: int = concurrency, images_per_request: int = 1) -> dict:
-        return http_load(port, f"/predictions/{name}{suffix}", bodies, content_type,
-                         server["key"], clients, seconds, images_per_request)
+        headers = {"Content-Type": content_type, "Authorization": f"Bearer {server['key']}"}
+        return http_load(port, f"/predictions/{name}{suffix}", [(b, headers) for b in bodies],
+                         clients, seconds, images_per_request)
 
     before = server_metrics(metrics_url)
     result["server_single_image"] = load("")
@@ -268,11 +274,91 @@ def load_phases(server: dict, metrics_url: str, name: str, result: dict, seconds
     result["server_int8_single_image"] = load("-int8")
     bodies = [json.dumps([{"image": base64.b64encode(p).decode()}
                           for p in pngs[i:i + 64]]).encode() for i in range(0, 256, 64)]
-    result["server_multi_image_64"] = load("", bodies, "application/json", 4,
+    result["server_multi_image_64"] = load("", bodies, "application/json", MULTI_IMAGE_CLIENTS,
                                            images_per_request=64)
     result["ratios"] = ratios(result)
+    result["pngs"] = pngs  # for the KServe front's phases
     result["time_split_single_image"] = time_split(before, after, name,
                                                    result["server_single_image"]["p50_ms"])
+
+
+def oip_binary(pngs: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """One OIP v2 request holding `pngs` as a BYTES tensor in the binary extension (what
+    tritonclient sends by default): a JSON header, then length-prefixed PNGs."""
+    payload = b"".join(len(p).to_bytes(4, "little") + p for p in pngs)
+    header = json.dumps({"inputs": [{"name": "image_bytes", "shape": [len(pngs)], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(payload)}}]}).encode()
+    return header + payload, {"Content-Type": "application/octet-stream",
+                              "Inference-Header-Content-Length": str(len(header))}
+
+
+def oip_json(pngs: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """The same request as plain JSON, PNGs as base64 strings (the README's curl call)."""
+    body = json.dumps({"inputs": [{"name": "image_bytes", "shape": [len(pngs)], "datatype": "BYTES",
+                                   "data": [base64.b64encode(p).decode() for p in pngs]}]}).encode()
+    return body, {"Content-Type": "application/json"}
+
+
+def kserve_phases(server: dict, name: str, onnx_path: Path, workdir: Path, result: dict,
+                  seconds: float, concurrency: int, rounds: int) -> None:
+    """The two fronts on one .onnx, same threads, same loads: TorchServe (`server`, already warm
+    from the phases before) and the KServe front (OIP v2, started here on 127.0.0.1:18085 and
+    warmed first). Single PNGs (KServe: a BYTES tensor, binary extension) and 64 PNGs per call
+    (TorchServe: its JSON list of base64; KServe: binary, and JSON base64), in `rounds`
+    interleaved rounds (ABAB, then BABA), so neither front gains from going second."""
+    pngs = result.pop("pngs")
+    command = [sys.executable, "-m", "handlers.kserve_server", "run", "--model", str(onnx_path),
+               "--name", name, "--http-port", str(KSERVE_PORT), "--threads", str(THREADS)]
+    ts_port, ts_path = urllib.parse.urlsplit(server["inference"]).port, f"/predictions/{name}"
+    ts_headers = {"Authorization": f"Bearer {server['key']}"}
+    groups = [pngs[i:i + 64] for i in range(0, 256, 64)]
+    path = f"/v2/models/{name}/infer"
+    loads = {  # name -> (port, path, requests, clients, images per request)
+        "torchserve_single": (ts_port, ts_path, [(p, {**ts_headers, "Content-Type": "image/png"})
+                                                 for p in pngs], concurrency, 1),
+        "kserve_single": (KSERVE_PORT, path, [oip_binary([p]) for p in pngs], concurrency, 1),
+        "torchserve_64": (ts_port, ts_path, [
+            (json.dumps([{"image": base64.b64encode(p).decode()} for p in g]).encode(),
+             {**ts_headers, "Content-Type": "application/json"}) for g in groups],
+            MULTI_IMAGE_CLIENTS, 64),
+        "kserve_64": (KSERVE_PORT, path, [oip_binary(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
+        "kserve_64_json": (KSERVE_PORT, path, [oip_json(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
+    }
+    with open(workdir / f"kserve-{name}.log", "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    measured: dict[str, list[dict]] = {key: [] for key in loads}
+    try:
+        kserve_ready(f"http://127.0.0.1:{KSERVE_PORT}", name, process, 60)
+        for key in ("kserve_single", "kserve_64"):  # warm-up, not recorded
+            port, url, requests, clients, _ = loads[key]
+            http_load(port, url, requests, clients, seconds / 2, warmup=0)
+        for round_ in range(rounds):
+            order = list(loads) if round_ % 2 == 0 else list(reversed(loads))
+            for key in order:
+                port, url, requests, clients, images = loads[key]
+                measured[key].append(http_load(port, url, requests, clients, seconds, images))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    result["fronts"] = {"rounds": rounds, "seconds_per_phase": seconds, "phases": measured,
+                        "ratios": front_ratios(measured)}
+
+
+def front_ratios(measured: dict[str, list[dict]]) -> dict[str, dict]:
+    """KServe / TorchServe per round, then the median and range over the rounds."""
+    pairs = {"single_req_per_s": ("kserve_single", "torchserve_single", "req_per_s"),
+             "single_p99": ("kserve_single", "torchserve_single", "p99_ms"),
+             "64_images_per_s": ("kserve_64", "torchserve_64", "images_per_s"),
+             "64_p99": ("kserve_64", "torchserve_64", "p99_ms"),
+             "64_json_images_per_s": ("kserve_64_json", "torchserve_64", "images_per_s"),
+             "64_json_p99": ("kserve_64_json", "torchserve_64", "p99_ms")}
+    ratios = {}
+    for label, (ours, theirs, field) in pairs.items():
+        values = [a[field] / b[field] for a, b in zip(measured[ours], measured[theirs])]
+        ratios[f"kserve_vs_torchserve_{label}"] = {
+            "median": float(np.median(values)), "min": min(values), "max": max(values),
+            "rounds": values}
+    return ratios
 
 
 def main() -> int:
@@ -281,6 +367,9 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--seconds", type=float, default=15.0, help="per load phase")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--front-seconds", type=float, default=8.0,
+                        help="per phase of the interleaved KServe / TorchServe rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved KServe / TorchServe rounds")
     parser.add_argument("--resnet-run-dir", default=None,
                         help="a trained ResNet-18 run (default: random weights)")
     args = parser.parse_args()
@@ -299,7 +388,11 @@ def main() -> int:
         server = start(config, workdir, env=env, timeout=180)
         for name, result in results.items():
             load_phases(server, server["metrics"], name, result, args.seconds, args.concurrency)
-            print(json.dumps({name: result["ratios"]}, indent=2), flush=True)
+            kserve_phases(server, name, workdir / f"{name}.onnx", workdir, result,
+                          args.front_seconds, args.concurrency, args.rounds)
+            print(json.dumps({name: {**result["ratios"], **{
+                key: value["median"] for key, value in result["fronts"]["ratios"].items()}}},
+                indent=2), flush=True)
     finally:
         stop(workdir, env=env)
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -313,6 +406,11 @@ def main() -> int:
     return 0
 
 
+def median(result: dict, phase: str, field: str) -> float:
+    """The median of one front phase's `field` over the interleaved rounds."""
+    return float(np.median([r[field] for r in result["fronts"]["phases"][phase]]))
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -321,13 +419,14 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
     for ax, (name, r) in zip(np.atleast_1d(axes), results.items()):
-        labels = ["raw ORT b1", "raw ORT b64", "server 1 img", "stock 1 img b16",
-                  "stock 1 img b1", "server 64 img", "batch scorer"]
+        labels = ["raw ORT b1", "raw ORT b64", "server 1 img", "KServe 1 img", "stock 1 img b16",
+                  "stock 1 img b1", "server 64 img", "KServe 64 img", "batch scorer"]
         values = [r["raw_onnxruntime_images_per_s"]["batch1"], r["raw_onnxruntime_images_per_s"]["batch64"],
-                  r["server_single_image"]["images_per_s"], r["stock_single_image"]["images_per_s"],
-                  r["stock_single_image_batch1"]["images_per_s"],
-                  r["server_multi_image_64"]["images_per_s"], r["batch_scorer_images_per_s"]]
-        ax.bar(labels, values, color=["grey", "grey", "C0", "C3", "C3", "C0", "C2"])
+                  r["server_single_image"]["images_per_s"], median(r, "kserve_single", "images_per_s"),
+                  r["stock_single_image"]["images_per_s"], r["stock_single_image_batch1"]["images_per_s"],
+                  r["server_multi_image_64"]["images_per_s"], median(r, "kserve_64", "images_per_s"),
+                  r["batch_scorer_images_per_s"]]
+        ax.bar(labels, values, color=["grey", "grey", "C0", "C1", "C3", "C3", "C0", "C1", "C2"])
         ax.set_yscale("log")
         ax.set_ylabel("images / s (log)")
         ax.set_title(name)
