@@ -1,8 +1,9 @@
 """KServe front: a `kserve.Model` over the framework-free Predictor, answering OIP v2.
 
 The tensors in and out are `handlers.oip`'s; the decision is `Predictor.decide`, as for the
-TorchServe handler and the batch scorer. Decoding and onnxruntime run in the event loop's
-thread pool, so the loop keeps reading requests while a batch computes. Prometheus counters
+TorchServe handler and the batch scorer. Decoding runs in the event loop's thread pool;
+concurrent requests' images run as one onnxruntime batch (`DynamicBatcher`, one inference at a
+time), so the loop keeps reading requests while a batch computes. Prometheus counters
 (on the server's /metrics, beside kserve's own latency histograms):
   openset_images_total, openset_unknown_total, openset_bad_requests_total   (counters; the
   last one counts every 400 of a served model, including bodies refused before the model)
@@ -23,7 +24,8 @@ from prometheus_client import Counter, Gauge
 
 from handlers import oip
 from handlers.decode import InputError
-from handlers.predictor import Predictor
+from handlers.dynamic_batcher import DynamicBatcher
+from handlers.predictor import Outputs, Predictor
 
 UNKNOWN_WINDOW = 1000
 IMAGES = Counter("openset_images", "Images answered", ["model_name"])
@@ -71,15 +73,19 @@ class OpenSetModel(Model):
     """One contract .onnx served under `name`; `load()` refuses a file that breaks the contract
     (ModelFileError, one line)."""
 
-    def __init__(self, name: str, model_path: str | Path, threads: int = 1):
+    def __init__(self, name: str, model_path: str | Path, threads: int = 1, max_batch: int = 64,
+                 batch_delay: float = 0.0):
         super().__init__(name)
         self.model_path = Path(model_path)
         self.threads = threads
         self.predictor: Predictor | None = None
         self.unknown_rate = UnknownRate()
+        self.batcher: DynamicBatcher | None = None
+        self._batching = {"max_images": max_batch, "max_delay": batch_delay}
 
     def load(self) -> bool:
         self.predictor = Predictor(self.model_path, name=self.name, threads=self.threads)
+        self.batcher = DynamicBatcher(self.predictor.run, _rows, **self._batching)
         SERVED.add(self.name)
         self.ready = True
         return self.ready
@@ -90,13 +96,15 @@ class OpenSetModel(Model):
     def get_output_types(self) -> list[dict]:
         return oip.output_types(self.predictor)
 
-    def _answer(self, request: InferRequest) -> InferResponse:
-        """Decode, run and build the response (runs in a worker thread)."""
+    def _read(self, request: InferRequest) -> tuple[np.ndarray, float | None]:
+        """Images and threshold of a request (decoding runs in the loop's thread pool)."""
         try:
-            images, threshold = oip.read_request(request.inputs, request.parameters, self.predictor)
+            return oip.read_request(request.inputs, request.parameters, self.predictor)
         except InputError as error:
             raise _invalid(error) from None
-        arrays = oip.output_arrays(self.predictor, self.predictor.run(images), threshold)
+
+    def _respond(self, request: InferRequest, outputs: Outputs, threshold: float | None) -> InferResponse:
+        arrays = oip.output_arrays(self.predictor, outputs, threshold)
         unknown = ~arrays["known"]
         IMAGES.labels(self.name).inc(len(unknown))
         UNKNOWN.labels(self.name).inc(int(unknown.sum()))
@@ -122,4 +130,12 @@ class OpenSetModel(Model):
         if not isinstance(payload, InferRequest):  # kserve's v1 route hands over a plain dict
             raise _invalid(InputError("wrong_protocol", "this server speaks the Open Inference "
                                       f"Protocol v2: POST /v2/models/{self.name}/infer"))
-        return await asyncio.get_running_loop().run_in_executor(None, self._answer, payload)
+        loop = asyncio.get_running_loop()
+        images, threshold = await loop.run_in_executor(None, self._read, payload)
+        outputs = await self.batcher.run(images)  # one onnxruntime batch with concurrent requests
+        return self._respond(payload, outputs, threshold)
+
+
+def _rows(outputs: Outputs, start: int, stop: int) -> Outputs:
+    """One request's rows of a batch's outputs."""
+    return Outputs(*(None if array is None else array[start:stop] for array in outputs))

@@ -215,8 +215,9 @@ class OpenSetModelServer(ModelServer):
 
 
 def run(model_path: str, name: str, host: str, http_port: int, grpc_port: int | None,
-        threads: int) -> None:
-    model = OpenSetModel(name, model_path, threads=threads)
+        threads: int, max_batch: int = 64, batch_delay_ms: float = 0.0) -> None:
+    model = OpenSetModel(name, model_path, threads=threads, max_batch=max_batch,
+                         batch_delay=batch_delay_ms / 1000)
     model.load()
     OpenSetModelServer(host, http_port, grpc_port).start([model])
 
@@ -251,7 +252,8 @@ def start(args: argparse.Namespace) -> int:
     LOG_FILE.parent.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "handlers.kserve_server", "run", "--model", args.model,
                "--name", args.name, "--host", args.host, "--http-port", str(args.http_port),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--max-batch", str(args.max_batch),
+               "--batch-delay-ms", str(args.batch_delay_ms)]
     if args.grpc_port:
         command += ["--grpc-port", str(args.grpc_port)]
     with open(LOG_FILE, "w") as log:
@@ -320,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=None,
                         help="also serve OIP v2 over gRPC here (binds all interfaces)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--max-batch", type=int, default=64,
+                        help="most images in one onnxruntime batch of concurrent requests")
+    parser.add_argument("--batch-delay-ms", type=float, default=0.0,
+                        help="how long a batch waits for more requests (0: takes what is queued)")
     parser.add_argument("--timeout", type=float, default=60, help="start: seconds to wait for ready")
     args = parser.parse_args(argv)
     if args.action == "stop":
@@ -329,12 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     for port in (args.http_port, args.grpc_port):
         if port is not None and not 0 < port < 65536:
             parser.error(f"port {port} is not in 1..65535")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
+    if args.threads < 1 or args.max_batch < 1:
+        parser.error("--threads and --max-batch must be at least 1")
+    if not 0 <= args.batch_delay_ms <= 1000:
+        parser.error("--batch-delay-ms must be in 0..1000")
     try:
         if args.action == "start":
             return start(args)
-        run(args.model, args.name, args.host, args.http_port, args.grpc_port, args.threads)
+        run(args.model, args.name, args.host, args.http_port, args.grpc_port, args.threads,
+            args.max_batch, args.batch_delay_ms)
     except (UserError, ModelFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -364,6 +364,28 @@ def test_bad_requests_do_not_fail_good_ones_beside_them(served, predictor):
     assert statuses == [200 if i % 2 else 400 for i in range(40)]
 
 
+@pytest.mark.slow
+def test_concurrent_requests_batched_together_keep_their_own_images_and_thresholds(served, predictor):
+    """The server runs concurrent requests as one onnxruntime batch: each answer must still be
+    its own request's, with its own threshold."""
+    encoded, pixels = pngs(16, seed=6)
+    scores = predictor.run(pixels).unknown_score
+    thresholds = [float(s) + (0.001 if i % 2 else -0.001) for i, s in enumerate(scores)]  # alternate
+    expected = predictor.answers(predictor.run(pixels), thresholds)
+    bodies = [v2_request([{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                           "data": [base64.b64encode(e).decode()]}], parameters={"threshold": t})
+              for e, t in zip(encoded, thresholds)]
+    path = f"/v2/models/{MODEL_NAME}/infer"
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda body: post(served["port"], path, body), bodies))
+    for (status, payload), answer in zip(replies, expected):
+        assert status == 200
+        outputs = {o["name"]: o["data"] for o in json.loads(payload)["outputs"]}
+        assert outputs["known"] == [answer["known"]] and outputs["label"] == [answer["label"]]
+        assert outputs["unknown_score"] == pytest.approx([answer["unknown_score"]], rel=1e-5, abs=1e-6)
+    assert [a["known"] for a in expected] == [i % 2 == 1 for i in range(16)]
+
+
 def openset_metrics(port: int) -> dict[str, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", "/metrics")
