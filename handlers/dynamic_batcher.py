@@ -10,11 +10,14 @@ request would run its own onnxruntime call with its own threads and oversubscrib
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class DynamicBatcher:
@@ -28,16 +31,21 @@ class DynamicBatcher:
         self.max_images, self.max_delay = max_images, max_delay
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._queue: asyncio.Queue | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task | None = None
         self._carry: tuple[np.ndarray, asyncio.Future] | None = None
         self.batches = 0  # batches run, and the images in them (for the mean batch size)
         self.images = 0
 
     async def run(self, images: np.ndarray) -> Any:
-        if self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._serve())
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:  # first call (or a new event loop)
+            self._queue, self._loop, self._carry = asyncio.Queue(), loop, None
+            self._worker = None
+        if self._worker is None or self._worker.done():  # first call, or after a crash (logged)
+            self._worker = loop.create_task(self._serve())
+            self._worker.add_done_callback(_log_crash)
+        future = loop.create_future()
         await self._queue.put((images, future))
         return await future
 
@@ -65,24 +73,30 @@ class DynamicBatcher:
         return batch
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             live = [(images, future) for images, future in batch if not future.cancelled()]
-            if not live:
-                continue
-            stacked = live[0][0] if len(live) == 1 else np.concatenate([images for images, _ in live])
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+                if live:
+                    await self._run_batch(live)
             except Exception as error:  # noqa: BLE001 - every waiting request gets the error
                 for _, future in live:
                     if not future.done():
                         future.set_exception(error)
-                continue
-            self.batches += 1
-            self.images += len(stacked)
-            start = 0
-            for images, future in live:
-                if not future.done():
-                    future.set_result(self._split(outputs, start, start + len(images)))
-                start += len(images)
+
+    async def _run_batch(self, live: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        stacked = live[0][0] if len(live) == 1 else np.concatenate([images for images, _ in live])
+        outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, stacked)
+        self.batches += 1
+        self.images += len(stacked)
+        start = 0
+        for images, future in live:
+            if not future.done():
+                future.set_result(self._split(outputs, start, start + len(images)))
+            start += len(images)
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    """The worker loop ends only by a bug or at shutdown; say which (the next request restarts it)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("batching worker stopped: %r (restarted by the next request)", task.exception())

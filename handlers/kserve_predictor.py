@@ -97,10 +97,14 @@ class OpenSetModel(Model):
         return oip.output_types(self.predictor)
 
     def _read(self, request: InferRequest) -> tuple[np.ndarray, float | None]:
-        """Images and threshold of a request (decoding runs in the loop's thread pool)."""
+        """Images and threshold of a request (decoding runs in the loop's thread pool); the
+        requested outputs are checked first, so a refused request runs nothing."""
         try:
+            oip.check_requested_outputs(request.request_outputs, self.predictor)
             return oip.read_request(request.inputs, request.parameters, self.predictor)
         except InputError as error:
+            if request.from_grpc:  # REST 400s are counted by the server's error handler
+                count_bad_request(self.name)
             raise _invalid(error) from None
 
     def _respond(self, request: InferRequest, outputs: Outputs, threshold: float | None) -> InferResponse:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,7 +43,9 @@ from kserve.model_server import FASTAPI_APP_IMPORT_STRING  # noqa: E402
 from kserve.protocol.dataplane import DataPlane  # noqa: E402
 from kserve.protocol.grpc.server import GRPCServer  # noqa: E402
 from kserve.protocol.infer_type import RequestedOutput  # noqa: E402
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension  # noqa: E402
 from kserve.protocol.rest.server import RESTServer  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from cli_errors import OneLineErrorParser, UserError  # noqa: E402
 from handlers.contract import ModelFileError  # noqa: E402
@@ -51,6 +54,7 @@ from handlers.kserve_predictor import OpenSetModel, count_bad_request  # noqa: E
 sys.argv = _ARGV
 
 PID_FILE = Path("logs/kserve.pid")
+MAX_BODY_BYTES = 64 << 20  # 256 encoded images of ~250 KB; --max-body-mb raises it
 LOG_FILE = Path("logs/kserve.log")
 
 
@@ -109,11 +113,14 @@ def binary_request(body: bytes, headers: dict, model_name: str) -> InferRequest:
         raise InvalidInput(f"{len(body) - offset} bytes after the last binary input")
     outputs = header.get("outputs")
     if outputs is not None and (not isinstance(outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)):
-        raise InvalidInput('"outputs" must be a list of objects with a "name"')
+            isinstance(o, dict) and isinstance(o.get("name"), str)
+            and isinstance(o.get("parameters") or {}, dict) for o in outputs)):
+        raise InvalidInput('"outputs" must be a list of objects with a "name" (and object "parameters")')
     parameters = header.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InvalidInput('"parameters" must be an object')
+    if header.get("id") is not None and not isinstance(header["id"], str):
+        raise InvalidInput('"id" must be a string')
     return InferRequest(model_name, tensors, request_id=header.get("id"),
                         raw_inputs=raw if any(c is not None for c in raw) else None,
                         parameters=parameters,
@@ -167,37 +174,113 @@ async def _model_not_found(_request, error: ModelNotFound) -> ORJSONResponse:
     return ORJSONResponse({"error": str(error), "code": "model_not_found"}, status_code=404)
 
 
+async def _not_served(_request, error: NotImplementedError) -> ORJSONResponse:
+    """kserve's 501 for what this server does not offer (model versions, explain, repository
+    load/unload) -> 404/403 with a JSON error: asking for it is the client's mistake."""
+    if isinstance(error, RepositoryLocked):
+        return ORJSONResponse({"error": str(error), "code": "forbidden"}, status_code=403)
+    return ORJSONResponse({"error": f"not served here: {error}", "code": "not_found"}, status_code=404)
+
+
+async def _http_error(_request, error: StarletteHTTPException) -> ORJSONResponse:
+    """FastAPI's own {"detail"} errors (unknown route, wrong method, undecodable body) as
+    {"error", "code"}, same status."""
+    return ORJSONResponse({"error": str(error.detail), "code": "bad_request" if error.status_code == 400
+                           else "not_found" if error.status_code == 404 else "http_error"},
+                          status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+class RepositoryLocked(NotImplementedError):
+    """Model load/unload through the API: off (the one model this server started with)."""
+
+
+class ReadOnlyRepository(ModelRepositoryExtension):
+    """kserve's model repository extension without load/unload: with it, any client could
+    unload the model (every call 404 after) or "load" it (nothing loads)."""
+
+    async def load(self, model_name: str) -> None:
+        raise RepositoryLocked("model load/unload is off: this server serves the model it started with")
+
+    async def unload(self, model_name: str) -> None:
+        raise RepositoryLocked("model load/unload is off: this server serves the model it started with")
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose Content-Length exceeds `limit` bytes gets 413 with a
+    JSON error before its body is read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+            refusal = None
+            if not length.isdigit():
+                refusal = (400, "bad Content-Length header", "bad_request")
+            elif int(length) > self.limit:
+                refusal = (413, f"body of {int(length)} bytes; at most {self.limit}", "too_large")
+            if refusal:
+                status, message, code = refusal
+                response = ORJSONResponse({"error": message, "code": code}, status_code=status)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """Drops kserve's gRPC log lines with a traceback for a client's mistake (invalid argument,
+    unknown model, unsupported call): one bad request must not write 20 lines of log."""
+
+    QUIET = ("Error processing inference request", "Model not found", "Method not implemented")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.filename == "interceptors.py" and str(record.msg).startswith(self.QUIET))
+
+
 class OpenSetRESTServer(RESTServer):
     """kserve's REST server bound to `host`, answering client mistakes 400 {"error", "code"}."""
 
-    def __init__(self, host: str, *args, **kwargs):
+    def __init__(self, host: str, max_body: int, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.host = host
+        self.max_body = max_body
+
+    def _add_middlewares(self, app) -> None:
+        super()._add_middlewares(app)
+        app.add_middleware(BodyLimit, limit=self.max_body)
 
     def _add_exception_handlers(self, app) -> None:
         super()._add_exception_handlers(app)
         app.add_exception_handler(InvalidInput, _invalid_input)
         app.add_exception_handler(ModelNotFound, _model_not_found)
         app.add_exception_handler(RequestValidationError, _validation_error)
+        app.add_exception_handler(NotImplementedError, _not_served)
+        app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
 class OpenSetModelServer(ModelServer):
     """A single-process kserve ModelServer whose REST server binds `host`."""
 
-    def __init__(self, host: str, http_port: int, grpc_port: int | None = None):
+    def __init__(self, host: str, http_port: int, grpc_port: int | None = None,
+                 max_body: int = MAX_BODY_BYTES):
         super().__init__(http_port=http_port, grpc_port=grpc_port or 0, workers=1,
                          enable_grpc=grpc_port is not None, enable_docs_url=False,
                          enable_latency_logging=False)
-        self.host = host
+        self.host, self.max_body = host, max_body
         self.dataplane = OpenSetDataPlane(model_registry=self.registered_models)
-        # kserve logs three lines per request (access, wall and cpu time): keep warnings only
-        for name in ("uvicorn.access", "kserve.trace"):
+        self.model_repository_extension = ReadOnlyRepository(model_registry=self.registered_models)
+        # kserve logs up to three lines per request (access, wall and cpu time; gRPC: the method)
+        # and a traceback per gRPC client error: keep warnings and our own faults only
+        for name in ("uvicorn.access", "kserve.trace", "kserve"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("kserve").addFilter(ClientErrorLogFilter())
 
     def start(self, models: list) -> None:
         """ModelServer.start for one worker, with the REST host set before uvicorn binds."""
         self._register_and_check_atleast_one_model_is_ready(models)
-        self._rest_server = OpenSetRESTServer(self.host, FASTAPI_APP_IMPORT_STRING, self.dataplane,
+        self._rest_server = OpenSetRESTServer(self.host, self.max_body, FASTAPI_APP_IMPORT_STRING,
+                                              self.dataplane,
                                               self.model_repository_extension, self.http_port,
                                               grace_period=self.grace_period, event_loop=self.event_loop,
                                               timeout_keep_alive=self.timeout_keep_alive)
@@ -214,12 +297,26 @@ class OpenSetModelServer(ModelServer):
         asyncio.run(self._serve())
 
 
-def run(model_path: str, name: str, host: str, http_port: int, grpc_port: int | None,
-        threads: int, max_batch: int = 64, batch_delay_ms: float = 0.0) -> None:
-    model = OpenSetModel(name, model_path, threads=threads, max_batch=max_batch,
-                         batch_delay=batch_delay_ms / 1000)
+def run(args: argparse.Namespace) -> None:
+    model = OpenSetModel(args.name, args.model, threads=args.threads, max_batch=args.max_batch,
+                         batch_delay=args.batch_delay_ms / 1000)
     model.load()
-    OpenSetModelServer(host, http_port, grpc_port).start([model])
+    for port in (args.http_port, args.grpc_port):
+        if port is not None:
+            check_port_free(args.host if port == args.http_port else "0.0.0.0", port)
+    OpenSetModelServer(args.host, args.http_port, args.grpc_port,
+                       max_body=int(args.max_body_mb * (1 << 20))).start([model])
+
+
+def check_port_free(host: str, port: int) -> None:
+    """UserError naming the address when something already listens there."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserError(f"{host}:{port} is not free ({error.strerror}); stop what uses it or pick "
+                            "another port (--http-port / --grpc-port, or `make serve-kserve "
+                            "KSERVE_PORT=...`)") from None
 
 
 def wait_until_ready(url: str, name: str, process: subprocess.Popen, timeout: float) -> float:
@@ -244,16 +341,18 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 def start(args: argparse.Namespace) -> int:
     """Start `run` in the background (pid in logs/kserve.pid), wait until the model is ready."""
-    if PID_FILE.is_file() and _alive(int(PID_FILE.read_text() or 0)):
-        raise UserError(f"a KServe server is already running (pid {PID_FILE.read_text().strip()}); "
+    running = _our_server()
+    if running:
+        raise UserError(f"a KServe server is already running (pid {running}); "
                         "stop it with `make stop-kserve`")
     if not Path(args.model).is_file():
         raise UserError(f"{args.model}: no such model file")
+    check_port_free(args.host, args.http_port)
     LOG_FILE.parent.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "handlers.kserve_server", "run", "--model", args.model,
                "--name", args.name, "--host", args.host, "--http-port", str(args.http_port),
                "--threads", str(args.threads), "--max-batch", str(args.max_batch),
-               "--batch-delay-ms", str(args.batch_delay_ms)]
+               "--batch-delay-ms", str(args.batch_delay_ms), "--max-body-mb", str(args.max_body_mb)]
     if args.grpc_port:
         command += ["--grpc-port", str(args.grpc_port)]
     with open(LOG_FILE, "w") as log:
@@ -276,6 +375,16 @@ def start(args: argparse.Namespace) -> int:
     print(f"  curl -s {url}/metrics | grep openset_")
     print("stop with: make stop-kserve")
     return 0
+
+
+def _our_server() -> int:
+    """The pid in logs/kserve.pid if that process is still this server (not a reused pid); 0."""
+    try:
+        pid = int(PID_FILE.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):  # no pid file, not a number, no such process
+        return 0
+    return pid if b"handlers.kserve_server" in command and _alive(pid) else 0
 
 
 def _alive(pid: int) -> bool:
@@ -304,7 +413,7 @@ def _terminate(pid: int, timeout: float) -> bool:
 
 
 def stop() -> int:
-    pid = int(PID_FILE.read_text().strip() or 0) if PID_FILE.is_file() else 0
+    pid = _our_server()
     stopped = pid > 0 and _terminate(pid, 30)
     PID_FILE.unlink(missing_ok=True)
     print("KServe server stopped" if stopped else "no KServe server was running")
@@ -326,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="most images in one onnxruntime batch of concurrent requests")
     parser.add_argument("--batch-delay-ms", type=float, default=0.0,
                         help="how long a batch waits for more requests (0: takes what is queued)")
+    parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / (1 << 20),
+                        help="larger request bodies are answered 413")
     parser.add_argument("--timeout", type=float, default=60, help="start: seconds to wait for ready")
     args = parser.parse_args(argv)
     if args.action == "stop":
@@ -339,11 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads and --max-batch must be at least 1")
     if not 0 <= args.batch_delay_ms <= 1000:
         parser.error("--batch-delay-ms must be in 0..1000")
+    if not args.max_body_mb > 0:
+        parser.error("--max-body-mb must be positive")
     try:
         if args.action == "start":
             return start(args)
-        run(args.model, args.name, args.host, args.http_port, args.grpc_port, args.threads,
-            args.max_batch, args.batch_delay_ms)
+        run(args)
     except (UserError, ModelFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

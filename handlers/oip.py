@@ -167,6 +167,8 @@ def _parameter(parameters: Mapping | None, key: str) -> object:
     if not parameters or key not in parameters:
         return None
     value = parameters[key]
+    if value is None:  # sent, but empty: not the same as not sent
+        raise InputError("bad_threshold", f"parameter {key!r} is null; send a number or leave it out")
     if hasattr(value, "WhichOneof"):  # gRPC InferParameter
         field = value.WhichOneof("parameter_choice")
         if field is None:  # e.g. Triton's double_param, which kserve's proto does not have
@@ -174,6 +176,15 @@ def _parameter(parameters: Mapping | None, key: str) -> object:
                              "integer parameter (this server's gRPC has no double_param)")
         return getattr(value, field)
     return value
+
+
+def check_requested_outputs(requested: Sequence[Any] | None, predictor: Predictor) -> None:
+    """InputError when a request asks for an output this model does not have."""
+    names = [o["name"] for o in output_types(predictor)]
+    unknown = [o.name for o in requested or () if o.name not in names]
+    if unknown:
+        raise InputError("unknown_output",
+                         f"unknown output {unknown[0]!r}; this model has {', '.join(names)}")
 
 
 def output_arrays(predictor: Predictor, outputs: Outputs, threshold: float | None) -> dict[str, np.ndarray]:

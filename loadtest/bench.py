@@ -6,7 +6,8 @@
 (d) the stock TorchServe path (BaseHandler + eager PyTorch + PIL + softmax) under (b)'s load;
 (e) the offline batch scorer on an .npz: images/s;
 (f) the KServe front (OIP v2, `handlers.kserve_server`) against this server on the same .onnx,
-    single images and 64 per call, in interleaved rounds (median and range of each ratio);
+    single images and 64 per call, in interleaved rounds (median and range of each ratio;
+    throughput counts answered requests only, errors are reported per phase);
 plus (b) again serving the int8 export of the same model.
 Models: the default small CNN run (28x28 grey) and a CIFAR ResNet-18 (32x32 RGB): random
 weights, or a trained run given with --resnet-run-dir whose gate-checked int8 export
@@ -153,9 +154,10 @@ def http_load(port: int, path: str, requests: list[tuple[bytes, dict[str, str]]]
         thread.join()
     elapsed = time.perf_counter() - record_from
     ms = np.array(latencies or [np.nan]) * 1000  # no completed request: NaN percentiles
+    answered = len(latencies) - errors[0]  # throughput counts answered (200) requests only
     return {"requests": len(latencies), "errors": errors[0], "seconds": elapsed,
-            "req_per_s": len(latencies) / elapsed,
-            "images_per_s": len(latencies) * images_per_request / elapsed,
+            "req_per_s": answered / elapsed,
+            "images_per_s": answered * images_per_request / elapsed,
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "p99_ms": float(np.percentile(ms, 99)), "concurrency": concurrency}
 
@@ -302,34 +304,43 @@ def oip_json(pngs: list[bytes]) -> tuple[bytes, dict[str, str]]:
 def kserve_phases(server: dict, name: str, onnx_path: Path, workdir: Path, result: dict,
                   seconds: float, concurrency: int, rounds: int) -> None:
     """The two fronts on one .onnx, same threads, same loads: TorchServe (`server`, already warm
-    from the phases before) and the KServe front (OIP v2, started here on 127.0.0.1:18085 and
-    warmed first). Single PNGs (KServe: a BYTES tensor, binary extension) and 64 PNGs per call
+    from the phases before; batchSize 16, maxBatchDelay 5 ms) and the KServe front (OIP v2),
+    started here twice: with the same batching (waits 5 ms for more requests; its size limit,
+    256 images, binds no more than TorchServe's 16 requests at these loads) on 127.0.0.1:18085,
+    and with its defaults (takes what is queued, no wait; 64 images) on 18086; both warmed
+    first. Single PNGs (KServe: a BYTES tensor, binary extension) and 64 PNGs per call
     (TorchServe: its JSON list of base64; KServe: binary, and JSON base64), in `rounds`
-    interleaved rounds (ABAB, then BABA), so neither front gains from going second."""
+    interleaved rounds, forward and reversed in turn, so no phase gains from its place."""
     pngs = result.pop("pngs")
-    command = [sys.executable, "-m", "handlers.kserve_server", "run", "--model", str(onnx_path),
-               "--name", name, "--http-port", str(KSERVE_PORT), "--threads", str(THREADS)]
     ts_port, ts_path = urllib.parse.urlsplit(server["inference"]).port, f"/predictions/{name}"
     ts_headers = {"Authorization": f"Bearer {server['key']}"}
     groups = [pngs[i:i + 64] for i in range(0, 256, 64)]
     path = f"/v2/models/{name}/infer"
+    same, default = KSERVE_PORT, KSERVE_PORT + 1
     loads = {  # name -> (port, path, requests, clients, images per request)
         "torchserve_single": (ts_port, ts_path, [(p, {**ts_headers, "Content-Type": "image/png"})
                                                  for p in pngs], concurrency, 1),
-        "kserve_single": (KSERVE_PORT, path, [oip_binary([p]) for p in pngs], concurrency, 1),
+        "kserve_single": (same, path, [oip_binary([p]) for p in pngs], concurrency, 1),
+        "kserve_single_default_batching": (default, path, [oip_binary([p]) for p in pngs], concurrency, 1),
         "torchserve_64": (ts_port, ts_path, [
             (json.dumps([{"image": base64.b64encode(p).decode()} for p in g]).encode(),
              {**ts_headers, "Content-Type": "application/json"}) for g in groups],
             MULTI_IMAGE_CLIENTS, 64),
-        "kserve_64": (KSERVE_PORT, path, [oip_binary(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
-        "kserve_64_json": (KSERVE_PORT, path, [oip_json(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
+        "kserve_64": (same, path, [oip_binary(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
+        "kserve_64_json": (same, path, [oip_json(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
     }
-    with open(workdir / f"kserve-{name}.log", "w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "handlers.kserve_server", "run", "--model", str(onnx_path),
+               "--name", name, "--threads", str(THREADS)]
+    processes = []
+    for port, batching in ((same, ["--max-batch", "256", "--batch-delay-ms", "5"]), (default, [])):
+        with open(workdir / f"kserve-{name}-{port}.log", "w") as log:
+            processes.append(subprocess.Popen([*command, "--http-port", str(port), *batching], cwd=ROOT,
+                                              stdout=log, stderr=subprocess.STDOUT))
     measured: dict[str, list[dict]] = {key: [] for key in loads}
     try:
-        kserve_ready(f"http://127.0.0.1:{KSERVE_PORT}", name, process, 60)
-        for key in ("kserve_single", "kserve_64"):  # warm-up, not recorded
+        for port, process in zip((same, default), processes):
+            kserve_ready(f"http://127.0.0.1:{port}", name, process, 60)
+        for key in ("kserve_single", "kserve_single_default_batching", "kserve_64"):  # warm-up
             port, url, requests, clients, _ = loads[key]
             http_load(port, url, requests, clients, seconds / 2, warmup=0)
         for round_ in range(rounds):
@@ -338,9 +349,11 @@ def kserve_phases(server: dict, name: str, onnx_path: Path, workdir: Path, resul
                 port, url, requests, clients, images = loads[key]
                 measured[key].append(http_load(port, url, requests, clients, seconds, images))
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
     result["fronts"] = {"rounds": rounds, "seconds_per_phase": seconds, "phases": measured,
+                        "errors": {key: sum(r["errors"] for r in runs) for key, runs in measured.items()},
                         "ratios": front_ratios(measured)}
 
 
@@ -348,6 +361,10 @@ def front_ratios(measured: dict[str, list[dict]]) -> dict[str, dict]:
     """KServe / TorchServe per round, then the median and range over the rounds."""
     pairs = {"single_req_per_s": ("kserve_single", "torchserve_single", "req_per_s"),
              "single_p99": ("kserve_single", "torchserve_single", "p99_ms"),
+             "single_default_batching_req_per_s": ("kserve_single_default_batching",
+                                                   "torchserve_single", "req_per_s"),
+             "single_default_batching_p99": ("kserve_single_default_batching", "torchserve_single",
+                                             "p99_ms"),
              "64_images_per_s": ("kserve_64", "torchserve_64", "images_per_s"),
              "64_p99": ("kserve_64", "torchserve_64", "p99_ms"),
              "64_json_images_per_s": ("kserve_64_json", "torchserve_64", "images_per_s"),
@@ -369,7 +386,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--front-seconds", type=float, default=8.0,
                         help="per phase of the interleaved KServe / TorchServe rounds")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved KServe / TorchServe rounds")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="interleaved KServe / TorchServe rounds (even: as many forward as reversed)")
     parser.add_argument("--resnet-run-dir", default=None,
                         help="a trained ResNet-18 run (default: random weights)")
     args = parser.parse_args()

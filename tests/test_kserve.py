@@ -353,6 +353,54 @@ def test_every_bad_request_is_a_400_with_a_json_error(served):
     assert status == 400 and "Open Inference Protocol v2" in json.loads(payload)["error"]
 
 
+def request_to(port: int, method: str, path: str, body: bytes | None = None,
+               headers: dict | None = None) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    status, payload = response.status, response.read()
+    connection.close()
+    return status, json.loads(payload)
+
+
+@pytest.mark.slow
+def test_what_this_server_does_not_offer_is_a_4xx_with_a_json_error(served):
+    port, good = served["port"], BAD_BODIES[4][0]
+    for path in (f"/v2/repository/models/{MODEL_NAME}/unload", f"/v2/repository/models/{MODEL_NAME}/load"):
+        status, payload = request_to(port, "POST", path)
+        assert status == 403 and "load/unload is off" in payload["error"]
+    assert request_to(port, "GET", f"/v2/models/{MODEL_NAME}/ready")[1]["ready"]  # still served
+    status, payload = request_to(port, "POST", f"/v2/models/{MODEL_NAME}/versions/3/infer", good,
+                                 {"Content-Type": "application/json"})
+    assert status == 404 and "not served here" in payload["error"]
+    assert request_to(port, "GET", "/no/such/route")[0] == 404
+    assert request_to(port, "GET", f"/v2/models/{MODEL_NAME}/infer")[0] == 405
+    status, payload = request_to(port, "POST", f"/v2/models/{MODEL_NAME}/infer", b"{\xff\xfe}",
+                                 {"Content-Type": "application/json"})
+    assert status == 400 and payload["code"] == "bad_request"
+
+
+@pytest.mark.slow
+def test_malformed_fields_and_oversize_bodies_are_refused_before_inference(served):
+    port, path = served["port"], f"/v2/models/{MODEL_NAME}/infer"
+    tensor = [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+               "data": [base64.b64encode(PNG).decode()]}]
+    before = openset_metrics(port)
+    for body, text in ((v2_request(tensor, id=5), '"id" must be a string'),
+                       (v2_request(tensor, outputs=[{"name": "label", "parameters": "binary"}]), '"outputs"'),
+                       (v2_request(tensor, outputs=[{"name": "labels"}]), "unknown output 'labels'"),
+                       (v2_request(tensor, parameters={"threshold": None}), "null")):
+        status, payload = post(port, path, body, None)  # no Content-Type: the binary-request parser
+        assert status == 400 and text in json.loads(payload)["error"], payload
+    status, payload = post(port, path, v2_request(tensor, outputs=[{"name": "labels"}]))  # JSON path
+    assert status == 400 and "unknown output" in json.loads(payload)["error"]
+    after = openset_metrics(port)
+    assert after["openset_images_total"] == before["openset_images_total"]  # nothing ran
+    status, payload = request_to(port, "POST", path, b"x" * ((64 << 20) + 1),
+                                 {"Content-Type": "application/json"})
+    assert status == 413 and payload["code"] == "too_large"
+
+
 @pytest.mark.slow
 def test_bad_requests_do_not_fail_good_ones_beside_them(served, predictor):
     good = v2_request([{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
@@ -421,14 +469,45 @@ def test_prometheus_endpoint_counts_images_bad_requests_and_the_unknown_rate(ser
 
 @pytest.mark.slow
 def test_log_stays_quiet_per_request(served):
-    """No access line, timing line or traceback per request: the log must not grow with traffic."""
+    """No access line, timing line or traceback per request, good or bad, REST or gRPC: the log
+    must not grow with traffic."""
     log = served["workdir"] / "logs" / "kserve.log"
     before = log.stat().st_size
-    for _ in range(20):
-        post(served["port"], f"/v2/models/{MODEL_NAME}/infer", BAD_BODIES[4][0])
+    path = f"/v2/models/{MODEL_NAME}/infer"
+    good = v2_request([{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(PNG).decode()]}])
+    for _ in range(10):
+        assert post(served["port"], path, good)[0] == 200
+        post(served["port"], path, BAD_BODIES[4][0])  # refused by the model
+        post(served["port"], path, b"not json", None)  # refused by the body parser
+        post(served["port"], path, b"not json")  # refused by FastAPI
         post(served["port"], "/v2/models/nope/infer", BAD_BODIES[4][0])
+    done = subprocess.run([sys.executable, "-c", GRPC_CLIENT, served["grpc"], PNG.hex()],
+                          capture_output=True, text=True, timeout=60)  # 1 good, 3 refused
+    assert done.returncode == 0, done.stderr[-2000:]
     time.sleep(0.2)
-    assert log.stat().st_size - before < 200
+    assert log.stat().st_size - before < 200, log.read_text()[before:][:2000]
+
+
+def test_start_refuses_a_busy_port_and_stop_ignores_a_stale_pid_file(runs, tmp_path, capsys, monkeypatch):
+    from handlers import kserve_server
+    from tests.helpers import exit_code
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "kserve.pid").write_text(str(os.getpid()))  # alive, but not a server
+    assert exit_code(kserve_server.main, ["stop"]) == 0
+    assert "no KServe server was running" in capsys.readouterr().out
+    assert not (tmp_path / "logs" / "kserve.pid").exists()
+    (tmp_path / "logs" / "kserve.pid").write_text("garbage")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert exit_code(kserve_server.main, ["start", "--model", str(runs["arpl"][1]),
+                                               "--http-port", str(port)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"127.0.0.1:{port} is not free" in error and len(error.splitlines()) == 1
 
 
 def test_cli_refuses_bad_arguments_in_one_line(tmp_path, capsys):
