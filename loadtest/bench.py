@@ -14,7 +14,7 @@ weights, or a trained run given with --resnet-run-dir whose gate-checked int8 ex
 (`python -m export RUN --out RUN/model.onnx --int8`) is then the one served as int8. Both
 servers get 1 worker and the same number of threads (onnxruntime / torch), and run
 in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end.
-Writes runs/bench/bench.json and bench.png.
+Writes runs/bench/bench.json, bench.png and fronts.png.
 """
 from __future__ import annotations
 
@@ -419,14 +419,45 @@ def main() -> int:
               "models": results}
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, out / "bench.png")
+    plot_fronts(results, out / "fronts.png")
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.png'} and {out / 'fronts.png'}")
     return 0
 
 
 def median(result: dict, phase: str, field: str) -> float:
     """The median of one front phase's `field` over the interleaved rounds."""
     return float(np.median([r[field] for r in result["fronts"]["phases"][phase]]))
+
+
+def plot_fronts(results: dict, path: Path) -> None:
+    """KServe vs TorchServe front per model: the median over the interleaved rounds, the bar's
+    whisker spans the rounds' min..max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [("torchserve_single", "TorchServe", "C0"), ("kserve_single_default_batching", "KServe", "C1"),
+              ("kserve_single", "KServe, 5 ms wait", "C1")]
+    many = [("torchserve_64", "TorchServe", "C0"), ("kserve_64", "KServe binary", "C1"),
+            ("kserve_64_json", "KServe JSON", "C1")]
+    fig, axes = plt.subplots(1, 2 * len(results), figsize=(5 * 2 * len(results), 3.6))
+    for i, (name, r) in enumerate(results.items()):
+        for ax, group, title in ((axes[2 * i], phases, "1 image / request"),
+                                 (axes[2 * i + 1], many, "64 images / request")):
+            values = [[p["images_per_s"] for p in r["fronts"]["phases"][key]] for key, _, _ in group]
+            middle = [float(np.median(v)) for v in values]
+            spread = [[m - min(v) for m, v in zip(middle, values)],
+                      [max(v) - m for m, v in zip(middle, values)]]
+            ax.bar([label for _, label, _ in group], middle, yerr=spread, capsize=4,
+                   color=[color for _, _, color in group], alpha=0.9)
+            ax.set_title(f"{name}: {title}")
+            ax.set_ylabel("images / s")
+            ax.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -440,7 +471,8 @@ def plot(results: dict, path: Path) -> None:
         labels = ["raw ORT b1", "raw ORT b64", "server 1 img", "KServe 1 img", "stock 1 img b16",
                   "stock 1 img b1", "server 64 img", "KServe 64 img", "batch scorer"]
         values = [r["raw_onnxruntime_images_per_s"]["batch1"], r["raw_onnxruntime_images_per_s"]["batch64"],
-                  r["server_single_image"]["images_per_s"], median(r, "kserve_single", "images_per_s"),
+                  r["server_single_image"]["images_per_s"],
+                  median(r, "kserve_single_default_batching", "images_per_s"),
                   r["stock_single_image"]["images_per_s"], r["stock_single_image_batch1"]["images_per_s"],
                   r["server_multi_image_64"]["images_per_s"], median(r, "kserve_64", "images_per_s"),
                   r["batch_scorer_images_per_s"]]
