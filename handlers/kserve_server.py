@@ -48,7 +48,7 @@ from kserve.protocol.rest.server import RESTServer  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from cli_errors import OneLineErrorParser, UserError  # noqa: E402
-from handlers.contract import ModelFileError  # noqa: E402
+from handlers.contract import ModelFileError, load_model  # noqa: E402
 from handlers.kserve_predictor import OpenSetModel, count_bad_request  # noqa: E402
 
 sys.argv = _ARGV
@@ -182,9 +182,12 @@ async def _not_served(_request, error: NotImplementedError) -> ORJSONResponse:
     return ORJSONResponse({"error": f"not served here: {error}", "code": "not_found"}, status_code=404)
 
 
-async def _http_error(_request, error: StarletteHTTPException) -> ORJSONResponse:
+async def _http_error(request, error: StarletteHTTPException) -> ORJSONResponse:
     """FastAPI's own {"detail"} errors (unknown route, wrong method, undecodable body) as
-    {"error", "code"}, same status."""
+    {"error", "code"}, same status; a body cut off by BodyLimit (FastAPI wraps whatever fails
+    while it reads a body in a 400) as its 413."""
+    if isinstance(error.__cause__, BodyTooLarge):
+        return await _body_too_large(request, error.__cause__)
     return ORJSONResponse({"error": str(error.detail), "code": "bad_request" if error.status_code == 400
                            else "not_found" if error.status_code == 404 else "http_error"},
                           status_code=error.status_code, headers=getattr(error, "headers", None))
@@ -205,37 +208,60 @@ class ReadOnlyRepository(ModelRepositoryExtension):
         raise RepositoryLocked("model load/unload is off: this server serves the model it started with")
 
 
+class BodyTooLarge(Exception):
+    """A body sent without Content-Length (chunked) grew past the limit while it was read."""
+
+
 class BodyLimit:
     """ASGI middleware: a request whose Content-Length exceeds `limit` bytes gets 413 with a
-    JSON error before its body is read."""
+    JSON error before its body is read; a body without one (chunked) is counted as it arrives
+    and refused with 413 once past the limit (BodyTooLarge, answered by `_body_too_large`)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
-            refusal = None
-            if not length.isdigit():
-                refusal = (400, "bad Content-Length header", "bad_request")
-            elif int(length) > self.limit:
-                refusal = (413, f"body of {int(length)} bytes; at most {self.limit}", "too_large")
-            if refusal:
-                status, message, code = refusal
-                response = ORJSONResponse({"error": message, "code": code}, status_code=status)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        refusal = None
+        if length is not None and not length.isdigit():
+            refusal = (400, "bad Content-Length header", "bad_request")
+        elif length is not None and int(length) > self.limit:
+            refusal = (413, f"body of {int(length)} bytes; at most {self.limit}", "too_large")
+        if refusal:
+            status, message, code = refusal
+            response = ORJSONResponse({"error": message, "code": code}, status_code=status)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge(f"body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted if length is None else receive, send)
+
+
+async def _body_too_large(_request, error: BodyTooLarge) -> ORJSONResponse:
+    return ORJSONResponse({"error": str(error), "code": "too_large"}, status_code=413)
 
 
 class ClientErrorLogFilter(logging.Filter):
-    """Drops kserve's gRPC log lines with a traceback for a client's mistake (invalid argument,
-    unknown model, unsupported call): one bad request must not write 20 lines of log."""
-
-    QUIET = ("Error processing inference request", "Model not found", "Method not implemented")
+    """Drops kserve's gRPC log lines with a traceback for a client's mistake (a request this
+    server refused with a code, an unknown model, the locked repository): one bad request must
+    not write 20 lines of log. Server-side failures still log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.filename == "interceptors.py" and str(record.msg).startswith(self.QUIET))
+        error = record.exc_info[1] if record.exc_info else None
+        client = isinstance(error, (ModelNotFound, RepositoryLocked)) or (
+            isinstance(error, InvalidInput) and hasattr(error, "code"))
+        return not (record.filename == "interceptors.py" and client)
 
 
 class OpenSetRESTServer(RESTServer):
@@ -257,6 +283,7 @@ class OpenSetRESTServer(RESTServer):
         app.add_exception_handler(RequestValidationError, _validation_error)
         app.add_exception_handler(NotImplementedError, _not_served)
         app.add_exception_handler(StarletteHTTPException, _http_error)
+        app.add_exception_handler(BodyTooLarge, _body_too_large)
 
 
 class OpenSetModelServer(ModelServer):
@@ -301,16 +328,36 @@ def run(args: argparse.Namespace) -> None:
     model = OpenSetModel(args.name, args.model, threads=args.threads, max_batch=args.max_batch,
                          batch_delay=args.batch_delay_ms / 1000)
     model.load()
-    for port in (args.http_port, args.grpc_port):
-        if port is not None:
-            check_port_free(args.host if port == args.http_port else "0.0.0.0", port)
+    check_ports(args)
     OpenSetModelServer(args.host, args.http_port, args.grpc_port,
                        max_body=int(args.max_body_mb * (1 << 20))).start([model])
+
+
+def check_ports(args: argparse.Namespace) -> None:
+    """The REST address, and the gRPC port on all interfaces (where kserve binds it), are free."""
+    check_port_free(args.host, args.http_port)
+    if args.grpc_port is not None:
+        try:
+            check_port_free("::", args.grpc_port)
+        except UserError:
+            if socket.has_ipv6 and _ipv6_works():
+                raise
+            check_port_free("0.0.0.0", args.grpc_port)
+
+
+def _ipv6_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::", 0))
+        return True
+    except OSError:
+        return False
 
 
 def check_port_free(host: str, port: int) -> None:
     """UserError naming the address when something already listens there."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and gRPC bind
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -345,9 +392,8 @@ def start(args: argparse.Namespace) -> int:
     if running:
         raise UserError(f"a KServe server is already running (pid {running}); "
                         "stop it with `make stop-kserve`")
-    if not Path(args.model).is_file():
-        raise UserError(f"{args.model}: no such model file")
-    check_port_free(args.host, args.http_port)
+    load_model(args.model)  # ModelFileError (one line) before anything starts
+    check_ports(args)
     LOG_FILE.parent.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "handlers.kserve_server", "run", "--model", args.model,
                "--name", args.name, "--host", args.host, "--http-port", str(args.http_port),
@@ -359,7 +405,8 @@ def start(args: argparse.Namespace) -> int:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     PID_FILE.write_text(str(process.pid))
-    url = f"http://{args.host}:{args.http_port}"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)  # where to call it
+    url = f"http://{f'[{host}]' if ':' in host else host}:{args.http_port}"
     try:
         seconds = wait_until_ready(url, args.name, process, args.timeout)
     except UserError:
@@ -446,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     for port in (args.http_port, args.grpc_port):
         if port is not None and not 0 < port < 65536:
             parser.error(f"port {port} is not in 1..65535")
+    if args.grpc_port == args.http_port:
+        parser.error("--grpc-port and --http-port must differ")
     if args.threads < 1 or args.max_batch < 1:
         parser.error("--threads and --max-batch must be at least 1")
     if not 0 <= args.batch_delay_ms <= 1000:

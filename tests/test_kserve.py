@@ -190,7 +190,8 @@ def served(runs, tmp_path_factory):
     command = [sys.executable, "-m", "handlers.kserve_server"]
     started = subprocess.run(
         [*command, "start", "--model", str(runs["arpl"][1]), "--name", MODEL_NAME,
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"],
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1",
+         "--max-body-mb", "1"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
     assert "/v2/models/digits/infer" in started.stdout  # the printed example call
@@ -396,8 +397,12 @@ def test_malformed_fields_and_oversize_bodies_are_refused_before_inference(serve
     assert status == 400 and "unknown output" in json.loads(payload)["error"]
     after = openset_metrics(port)
     assert after["openset_images_total"] == before["openset_images_total"]  # nothing ran
-    status, payload = request_to(port, "POST", path, b"x" * ((64 << 20) + 1),
+    status, payload = request_to(port, "POST", path, b"x" * ((1 << 20) + 1),
                                  {"Content-Type": "application/json"})
+    assert status == 413 and payload["code"] == "too_large"  # --max-body-mb 1, by Content-Length
+    chunked = (b"x" * 65536 for _ in range(20))  # 1.25 MB without a Content-Length
+    # (http.client sends an iterable body chunked, without a Content-Length)
+    status, payload = request_to(port, "POST", path, chunked, {"Content-Type": "application/json"})
     assert status == 413 and payload["code"] == "too_large"
 
 
@@ -510,9 +515,11 @@ def test_start_refuses_a_busy_port_and_stop_ignores_a_stale_pid_file(runs, tmp_p
     assert f"127.0.0.1:{port} is not free" in error and len(error.splitlines()) == 1
 
 
-def test_cli_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+def test_cli_refuses_bad_arguments_in_one_line(tmp_path, capsys, monkeypatch):
     from handlers.kserve_server import main
     from tests.helpers import exit_code
+
+    monkeypatch.chdir(tmp_path)  # `start` reads logs/kserve.pid where it runs
 
     assert exit_code(main, ["start"]) == 2
     assert "needs --model" in capsys.readouterr().err
@@ -520,3 +527,10 @@ def test_cli_refuses_bad_arguments_in_one_line(tmp_path, capsys):
     assert "no such model file" in capsys.readouterr().err
     assert exit_code(main, ["run", "--model", "m.onnx", "--http-port", "70000"]) == 2
     assert "not in 1..65535" in capsys.readouterr().err
+    assert exit_code(main, ["run", "--model", "m.onnx", "--http-port", "9", "--grpc-port", "9"]) == 2
+    assert "must differ" in capsys.readouterr().err
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"not a model")
+    assert exit_code(main, ["start", "--model", str(not_onnx)]) == 2  # refused before starting
+    error = capsys.readouterr().err.strip()
+    assert "not a loadable ONNX model" in error and len(error.splitlines()) == 1
