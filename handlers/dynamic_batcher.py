@@ -30,8 +30,7 @@ class DynamicBatcher:
         self._run, self._split = run, split
         self.max_images, self.max_delay = max_images, max_delay
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._queue: asyncio.Queue | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue = asyncio.Queue()  # binds to the event loop of its first use
         self._worker: asyncio.Task | None = None
         self._carry: tuple[np.ndarray, asyncio.Future] | None = None
         self.batches = 0  # batches run, and the images in them (for the mean batch size)
@@ -39,9 +38,6 @@ class DynamicBatcher:
 
     async def run(self, images: np.ndarray) -> Any:
         loop = asyncio.get_running_loop()
-        if self._queue is None or self._loop is not loop:  # first call (or a new event loop)
-            self._queue, self._loop, self._carry = asyncio.Queue(), loop, None
-            self._worker = None
         if self._worker is None or self._worker.done():  # first call, or after a crash (logged)
             self._worker = loop.create_task(self._serve())
             self._worker.add_done_callback(_log_crash)

@@ -337,12 +337,7 @@ def check_ports(args: argparse.Namespace) -> None:
     """The REST address, and the gRPC port on all interfaces (where kserve binds it), are free."""
     check_port_free(args.host, args.http_port)
     if args.grpc_port is not None:
-        try:
-            check_port_free("::", args.grpc_port)
-        except UserError:
-            if socket.has_ipv6 and _ipv6_works():
-                raise
-            check_port_free("0.0.0.0", args.grpc_port)
+        check_port_free("::" if _ipv6_works() else "0.0.0.0", args.grpc_port)
 
 
 def _ipv6_works() -> bool:

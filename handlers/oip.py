@@ -120,14 +120,14 @@ def _image_bytes(tensor: Any, predictor: Predictor) -> np.ndarray:
                          f"{len(elements)} elements")
     pixels = []
     for index, element in enumerate(elements):
+        data = _encoded(element, index)  # its errors name the element already
         try:
-            pixels.append(decode_image_bytes(_encoded(element, index), predictor.shape))
+            pixels.append(decode_image_bytes(data, predictor.shape))
         except InputError as error:
-            if error.code == "not_an_image":  # the REST front's text speaks of a body
-                raise InputError(error.code, f"{IMAGE_BYTES}[{index}] is not an image "
-                                 "(PNG, JPEG, ...)") from None
-            prefix = "" if str(error).startswith(IMAGE_BYTES) else f"{IMAGE_BYTES}[{index}]: "
-            raise InputError(error.code, f"{prefix}{error}") from None
+            where = f"{IMAGE_BYTES}[{index}]"  # (the REST front's not_an_image text speaks of a body)
+            text = f"{where} is not an image (PNG, JPEG, ...)" if error.code == "not_an_image" \
+                else f"{where}: {error}"
+            raise InputError(error.code, text) from None
     return np.stack(pixels)
 
 
