@@ -4,6 +4,8 @@ tests/test_serving.py runs it against a real TorchServe)."""
 import base64
 import csv
 import json
+import random
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +18,7 @@ from handlers.batch_sources import BatchScoreError, batches, open_npz, read_batc
 from handlers.batch_writer import COLUMNS, RowWriter
 from handlers.decode import Shape
 from handlers.predictor import Predictor
-from handlers.remote_client import RemoteScorer
+from handlers.remote_client import RemoteScorer, backoff_s
 from tests.helpers import write_png
 
 SHAPE = Shape(1, 8, 8)
@@ -193,7 +195,8 @@ def test_npz_errors_name_the_problem(tmp_path, write, message):
 @pytest.fixture
 def stub_server():
     """A TorchServe stand-in on 127.0.0.1: each POST gets the next of `replies` (status, JSON
-    or a function of the request body), the last one repeated; `requests` records them."""
+    or a function of the request body), the last one repeated; `requests` records them. A
+    status of None closes the connection without an answer, as a stopping server does."""
     replies, requests = [], []
 
     class Handler(BaseHTTPRequestHandler):
@@ -202,6 +205,9 @@ def stub_server():
             requests.append({"path": self.path, "authorization": self.headers["Authorization"],
                              "body": body})
             status, reply = replies.pop(0) if len(replies) > 1 else replies[0]
+            if status is None:
+                self.close_connection = True
+                return
             data = json.dumps(reply(body) if callable(reply) else reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -245,6 +251,70 @@ def test_remote_client_refuses_an_answer_of_the_wrong_length(stub_server):
     stub_server["replies"].append((200, [ANSWER]))
     answers = RemoteScorer(stub_server["url"], "digits", None)([b"a", b"b"])
     assert answers == ["server answered 200 without a list of 2 answers"] * 2
+
+
+def echo(body: bytes) -> list[dict]:
+    """A stub reply naming each image it was sent, so that answers show their image."""
+    return [{"echo": value} for item in json.loads(body) for value in item.values()]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def quick_scorer(url: str, retries: int = 3) -> tuple[RemoteScorer, list[float]]:
+    """A scorer seeded with Random(0) whose waits are recorded instead of slept."""
+    waits: list[float] = []
+    return RemoteScorer(url, "digits", None, retries=retries, rng=random.Random(0),
+                        sleep=waits.append), waits
+
+
+def seeded_waits(count: int, base_s: float = 0.1, cap_s: float = 2.0) -> list[float]:
+    rng = random.Random(0)
+    return [backoff_s(attempt, base_s, cap_s, rng) for attempt in range(count)]
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter():
+    rng = random.Random(0)
+    waits = [backoff_s(attempt, 0.1, 1.0, rng) for attempt in range(6) for _ in range(200)]
+    for attempt, nominal in enumerate((0.1, 0.2, 0.4, 0.8, 1.0, 1.0)):
+        chunk = waits[200 * attempt:200 * (attempt + 1)]
+        assert nominal / 2 <= min(chunk) and max(chunk) <= nominal
+        assert max(chunk) - min(chunk) > nominal / 3  # jittered, not one value
+
+
+def test_remote_client_retries_a_507_and_a_reset_connection(stub_server):
+    # 507: TorchServe's answer for the batch of a worker that died; None: a reset connection
+    stub_server["replies"].extend([(507, {"code": 507}), (None, None), (200, echo)])
+    scorer, waits = quick_scorer(stub_server["url"])
+    assert scorer([b"a", b"b"]) == [{"echo": b64(b"a")}, {"echo": b64(b"b")}]
+    assert len(stub_server["requests"]) == 3
+    assert waits == seeded_waits(2) and 0.05 <= waits[0] <= 0.1 and 0.1 <= waits[1] <= 0.2
+
+
+def test_remote_client_gives_up_after_its_retries(stub_server):
+    stub_server["replies"].append((507, {"code": 507, "message": "worker died"}))
+    scorer, waits = quick_scorer(stub_server["url"], retries=2)
+    answers = scorer([b"a", b"b"])
+    assert answers == ['server answered 507: {"code": 507, "message": "worker died"}'] * 2
+    assert len(stub_server["requests"]) == 3 and waits == seeded_waits(2)
+
+
+def test_remote_client_retries_a_refused_connection():
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scorer, waits = quick_scorer(f"http://127.0.0.1:{port}", retries=2)
+    [answer] = scorer([b"a"])
+    assert answer.startswith("server unreachable (") and "refused" in answer
+    assert waits == seeded_waits(2)
+
+
+def test_remote_client_does_not_retry_a_413(stub_server):
+    stub_server["replies"].append((413, {"code": 413, "message": "too large"}))
+    scorer, waits = quick_scorer(stub_server["url"])
+    assert scorer([b"a"]) == ['server answered 413: {"code": 413, "message": "too large"}']
+    assert len(stub_server["requests"]) == 1 and waits == []
 
 
 def test_remote_mode_writes_the_local_rows(runs, folder, tmp_path, stub_server, capsys):
