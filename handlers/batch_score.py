@@ -26,7 +26,7 @@ from tqdm import tqdm
 from handlers.batch_sources import Batch, BatchScoreError, batches
 from handlers.batch_writer import RowWriter
 from handlers.decode import MAX_IMAGES_PER_REQUEST, Shape
-from handlers.remote_client import RemoteScorer
+from handlers.remote_client import MAX_REQUEST_SIZE, RemoteScorer
 from handlers.server import KeyFileError, read_inference_key
 
 if TYPE_CHECKING:  # onnxruntime is imported when a model is loaded, not for --help
@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", help="score through TorchServe at this URL instead")
     parser.add_argument("--model-name", default="opensetmnist", help="TorchServe model name")
     parser.add_argument("--key-file", default="key_file.json", help="TorchServe's token file")
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_REQUEST_SIZE,
+                        help="with --server: the server's max_request_size (TorchServe's "
+                             "config.properties; default %(default)s); larger batches go as "
+                             "several requests")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=None,
                         help="batches in flight at once (default: 1 locally - onnxruntime already "
@@ -145,6 +149,8 @@ def checked_concurrency(args: argparse.Namespace) -> int:
                               "choose one")
     if args.threads is not None and args.threads < 1:
         raise BatchScoreError("--threads must be >= 1")
+    if args.max_body_bytes < 1:
+        raise BatchScoreError("--max-body-bytes must be >= 1")
     return concurrency
 
 
@@ -156,7 +162,7 @@ def remote_scorer(args: argparse.Namespace) -> RemoteScorer | None:
         token = read_inference_key(Path(args.key_file))
     except KeyFileError as exc:
         raise BatchScoreError(f"--key-file {exc}") from None
-    return RemoteScorer(args.server, args.model_name, token)
+    return RemoteScorer(args.server, args.model_name, token, max_body_bytes=args.max_body_bytes)
 
 
 def ray_score(args: argparse.Namespace, predictor: Predictor) -> dict:

@@ -13,12 +13,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from handlers.batch_score import main
+from handlers.batch_score import build_parser, main, remote_scorer
 from handlers.batch_sources import BatchScoreError, batches, open_npz, read_batch
 from handlers.batch_writer import COLUMNS, RowWriter
 from handlers.decode import Shape
 from handlers.predictor import Predictor
-from handlers.remote_client import RemoteScorer, backoff_s
+from handlers.remote_client import MAX_REQUEST_SIZE, RemoteScorer, backoff_s
 from tests.helpers import write_png
 
 SHAPE = Shape(1, 8, 8)
@@ -262,11 +262,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def quick_scorer(url: str, retries: int = 3) -> tuple[RemoteScorer, list[float]]:
+def quick_scorer(url: str, retries: int = 3,
+                 max_body_bytes: int = MAX_REQUEST_SIZE) -> tuple[RemoteScorer, list[float]]:
     """A scorer seeded with Random(0) whose waits are recorded instead of slept."""
     waits: list[float] = []
-    return RemoteScorer(url, "digits", None, retries=retries, rng=random.Random(0),
-                        sleep=waits.append), waits
+    return RemoteScorer(url, "digits", None, retries=retries, max_body_bytes=max_body_bytes,
+                        rng=random.Random(0), sleep=waits.append), waits
 
 
 def seeded_waits(count: int, base_s: float = 0.1, cap_s: float = 2.0) -> list[float]:
@@ -316,6 +317,44 @@ def test_remote_client_does_not_retry_a_413(stub_server):
     assert scorer([b"a"]) == ['server answered 413: {"code": 413, "message": "too large"}']
     assert len(stub_server["requests"]) == 1 and waits == []
 
+
+@pytest.mark.parametrize("max_body_bytes,sizes", [(110, [110, 110, 55]), (109, [55] * 5)])
+def test_remote_client_splits_a_batch_over_max_body_bytes_in_order(stub_server, max_body_bytes,
+                                                                   sizes):
+    stub_server["replies"].append((200, echo))
+    payloads = [bytes([65 + i]) * 30 for i in range(5)]  # each '{"image": "<40 chars>"}', 53 bytes
+    # one image: "[" + 53 + "]" = 55 bytes; two: 2 + 53 + ", " + 53 = 110 bytes
+    scorer, _ = quick_scorer(stub_server["url"], max_body_bytes=max_body_bytes)
+    assert scorer(payloads) == [{"echo": b64(p)} for p in payloads]
+    bodies = [r["body"] for r in stub_server["requests"]]
+    assert [len(body) for body in bodies] == sizes
+    assert [item["image"] for body in bodies for item in json.loads(body)] == [b64(p) for p in payloads]
+
+
+def test_remote_client_refuses_only_the_image_over_max_body_bytes(stub_server):
+    stub_server["replies"].append((200, echo))
+    payloads = [b"small", b"x" * 300, np.zeros((1, 2, 2), np.float32), b"tiny"]
+    scorer, _ = quick_scorer(stub_server["url"], max_body_bytes=200)
+    too_large = len(json.dumps([{"image": b64(b"x" * 300)}]))  # 2 + 13 + 400 bytes
+    assert scorer(payloads) == [
+        {"echo": b64(b"small")},
+        f"image body of {too_large} bytes is over the server's max_request_size (200 bytes)",
+        {"echo": [[[0, 0], [0, 0]]]}, {"echo": b64(b"tiny")}]
+    assert len(stub_server["requests"]) == 1  # the others still fit one request, in order
+    assert json.loads(stub_server["requests"][0]["body"]) == [
+        {"image": b64(b"small")}, {"pixels": [[[0, 0], [0, 0]]]}, {"image": b64(b"tiny")}]
+
+
+def test_the_cli_passes_max_body_bytes_and_refuses_non_positive(runs, folder, tmp_path, capsys):
+    args = build_parser().parse_args([str(folder), "--out", "o.csv", "--server", "http://h:1",
+                                      "--key-file", str(tmp_path / "none.json"),
+                                      "--max-body-bytes", "1000"])
+    assert remote_scorer(args).max_body_bytes == 1000
+    assert build_parser().parse_args(["in", "--out", "o.csv"]).max_body_bytes == 6_553_500
+    assert main([str(folder), "--model", str(runs["arpl"][1]), "--out", str(tmp_path / "o.csv"),
+                 "--server", "http://127.0.0.1:9", "--max-body-bytes", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err == "error: --max-body-bytes must be >= 1\n"
+    assert not (tmp_path / "o.csv").exists()
 
 def test_remote_mode_writes_the_local_rows(runs, folder, tmp_path, stub_server, capsys):
     predictor = Predictor(runs["arpl"][1])  # what the TorchServe handler would answer with
