@@ -3,24 +3,34 @@
 (a) raw onnxruntime in-process images/s at batch 1 and 64 (the ceiling);
 (b) this server, single-image PNG requests: req/s and p50/p95/p99 at a fixed concurrency;
 (c) this server, 64-image JSON requests: images/s;
-(d) the stock TorchServe path (BaseHandler + eager PyTorch + PIL + softmax) under (b)'s load;
+(d) the stock TorchServe path (BaseHandler + eager PyTorch + PIL + softmax) under (b)'s load,
+    with the same batching (batchSize 16) and with TorchServe's default batchSize 1;
 (e) the offline batch scorer on an .npz: images/s;
-(f) the KServe front (OIP v2, `handlers.kserve_server`) against this server on the same .onnx,
-    single images and 64 per call, in interleaved rounds (median and range of each ratio;
-    throughput counts answered requests only, errors are reported per phase);
+(f) the KServe front (OIP v2, `handlers.kserve_server`) on the same .onnx, single images and
+    64 per call, with this server's batching and with its own defaults;
 plus (b) again serving the int8 export of the same model.
+Method: (a) and (e) run in-process, once, before any server starts. The nine HTTP phases of a
+model (b, b', c, d, d' and four of f) are first each warmed until their rate settles (2 s
+windows until two in a row agree within 5%, at most 20 s; the windows and whether it settled
+go to the JSON), then measured in interleaved rounds: every round runs every phase for
+--seconds, in the forward order in even rounds and reversed in odd ones, so that no phase
+gains from its place (a JVM or caches still warming, drift of a shared host). Each ratio
+(ours / stock, KServe / TorchServe, ...) is computed per round from that round's phases and
+reported as its median and spread ((max - min) / median) over the --rounds rounds; throughput
+counts answered requests only, errors are reported per phase.
 Models: the default small CNN run (28x28 grey) and a CIFAR ResNet-18 (32x32 RGB): random
 weights, or a trained run given with --resnet-run-dir whose gate-checked int8 export
 (`python -m export RUN --out RUN/model.onnx --int8`) is then the one served as int8. Both
 servers get 1 worker and the same number of threads (onnxruntime / torch), and run
-in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end.
-Writes runs/bench/bench.json, bench.png and fronts.png.
+in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end;
+the KServe fronts on 18085-18086, started per model.
+Writes runs/bench/bench.json, bench.md (the ratio table), bench.png and fronts.png.
 """
 from __future__ import annotations
 
 import argparse
 import base64
-import http.client
+import contextlib
 import io
 import json
 import os
@@ -30,10 +40,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +60,18 @@ from handlers.batch_score import score  # noqa: E402
 from handlers.kserve_server import wait_until_ready as kserve_ready  # noqa: E402
 from handlers.predictor import Predictor  # noqa: E402
 from handlers.server import start, stop, write_config  # noqa: E402
+from loadtest.closed_loop import http_load, spread, warm_until_settled  # noqa: E402
 from models import ModelSpec, build_classifier  # noqa: E402
 from rundir import Checkpoint, RunDirectory  # noqa: E402
 
 THREADS = 2
 KSERVE_PORT = 18085
 MULTI_IMAGE_CLIENTS = 4
+WARM_WINDOW_S, WARM_TOLERANCE = 2.0, 0.05
+# 9 phases x 2 models: a phase that never settles (a noisy shared host) costs at most this
+WARM_MAX_SECONDS = 20.0
+SPLIT_PHASE = "server_single_image"  # the phase the server-side time split is taken around
+MEDIAN_FIELDS = ("req_per_s", "images_per_s", "p50_ms", "p95_ms", "p99_ms")
 
 
 def resnet_run(run_dir: Path) -> Path:
@@ -112,56 +128,6 @@ def raw_onnxruntime(predictor: Predictor, images: np.ndarray, batch: int, second
     return count / (time.perf_counter() - started)
 
 
-def http_load(port: int, path: str, requests: list[tuple[bytes, dict[str, str]]],
-              concurrency: int, seconds: float, images_per_request: int = 1,
-              warmup: float = 2.0) -> dict:
-    """Closed-loop load: `concurrency` keep-alive clients each POSTing random (body, headers)
-    pairs of `requests`; `warmup` seconds unrecorded, then `seconds` recorded; throughput and
-    latency percentiles."""
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    record_from = time.perf_counter() + warmup
-    deadline = record_from + seconds
-
-    def client(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        mine, failed = [], 0
-        while time.perf_counter() < deadline:
-            body, headers = requests[rng.integers(len(requests))]
-            sent = time.perf_counter()
-            try:
-                connection.request("POST", path, body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                ok = response.status == 200
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                ok = False
-            if sent >= record_from:
-                mine.append(time.perf_counter() - sent)
-                failed += not ok
-        with lock:
-            latencies.extend(mine)
-            errors[0] += failed
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - record_from
-    ms = np.array(latencies or [np.nan]) * 1000  # no completed request: NaN percentiles
-    answered = len(latencies) - errors[0]  # throughput counts answered (200) requests only
-    return {"requests": len(latencies), "errors": errors[0], "seconds": elapsed,
-            "req_per_s": answered / elapsed,
-            "images_per_s": answered * images_per_request / elapsed,
-            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "concurrency": concurrency}
-
-
 def server_metrics(url: str) -> dict[str, float]:
     """Sums of the handler's OpenSet*Ms / OpenSetBatches / OpenSetPredictions per model."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
@@ -173,10 +139,15 @@ def server_metrics(url: str) -> dict[str, float]:
     return values
 
 
-def time_split(before: dict, after: dict, model: str, client_p50_ms: float) -> dict:
-    """Where a single-image request's time goes, from the server's own counters."""
-    delta = {k.split(":", 1)[1]: after.get(k, 0) - before.get(k, 0)
-             for k in after if k.startswith(f"{model}:")}
+def counter_delta(before: dict[str, float], after: dict[str, float], model: str) -> dict[str, float]:
+    """One model's server_metrics counters, after - before, keyed by counter name."""
+    return {k.split(":", 1)[1]: after.get(k, 0) - before.get(k, 0)
+            for k in after if k.startswith(f"{model}:")}
+
+
+def time_split(delta: dict[str, float], client_p50_ms: float) -> dict:
+    """Where a single-image request's time goes, from the server's own counters (`delta`: their
+    increase over the measured single-image runs)."""
     images = max(delta.get("OpenSetPredictions", 0), 1)
     batches = max(delta.get("OpenSetBatches", 0), 1)
     return {"images": images, "mean_batch_size": images / batches,
@@ -187,8 +158,9 @@ def time_split(before: dict, after: dict, model: str, client_p50_ms: float) -> d
             "outside_handler_ms_p50": client_p50_ms - delta.get("OpenSetHandlerMs", 0) / batches}
 
 
-def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: float,
-                concurrency: int) -> dict:
+def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: float) -> dict:
+    """Export and archive one model (ours, int8, stock b16 and b1), and its in-process figures:
+    (a) raw onnxruntime and (e) the batch scorer; the PNGs of the HTTP phases under "pngs"."""
     onnx_path = workdir / f"{name}.onnx"
     export_onnx(run_dir, onnx_path)
     build_archive(onnx_path, name, "1", store, ort_threads=THREADS)
@@ -217,8 +189,8 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
         quantize_int8(onnx_path, workdir / f"{name}.int8.onnx", images[:512])
     build_archive(workdir / f"{name}.int8.onnx", f"{name}-int8", "1", store, ort_threads=THREADS)
     result = {"raw_onnxruntime_images_per_s": {
-        "batch1": raw_onnxruntime(predictor, images, 1, seconds / 3),
-        "batch64": raw_onnxruntime(predictor, images, 64, seconds / 3)}}
+        "batch1": raw_onnxruntime(predictor, images, 1, seconds / 2),
+        "batch64": raw_onnxruntime(predictor, images, 64, seconds / 2)}}
     summary = score(workdir / f"{name}.npz", workdir / f"{name}.csv", predictor, batch_size=64,
                     progress=False)
     result["batch_scorer_images_per_s"] = summary["images_per_s"]
@@ -241,48 +213,6 @@ def bench_config(workdir: Path, store: Path, names: list[str]) -> Path:
                          "models": json.dumps(models)}, port_offset=10000)
 
 
-def ratios(result: dict) -> dict[str, float]:
-    """Ours against the stock path and against raw onnxruntime at batch 64."""
-    ours, int8 = result["server_single_image"], result["server_int8_single_image"]
-    stock, stock_b1 = result["stock_single_image"], result["stock_single_image_batch1"]
-    raw64 = result["raw_onnxruntime_images_per_s"]["batch64"]
-    return {"server_vs_stock_req_per_s": ours["req_per_s"] / stock["req_per_s"],
-            "server_vs_stock_p99": ours["p99_ms"] / stock["p99_ms"],
-            "server_vs_stock_batch1_req_per_s": ours["req_per_s"] / stock_b1["req_per_s"],
-            "server_vs_stock_batch1_p99": ours["p99_ms"] / stock_b1["p99_ms"],
-            "server_int8_vs_stock_req_per_s": int8["req_per_s"] / stock["req_per_s"],
-            "server_int8_vs_stock_p99": int8["p99_ms"] / stock["p99_ms"],
-            "multi_image_vs_raw_batch64": result["server_multi_image_64"]["images_per_s"] / raw64,
-            "batch_scorer_vs_raw_batch64": result["batch_scorer_images_per_s"] / raw64}
-
-
-def load_phases(server: dict, metrics_url: str, name: str, result: dict, seconds: float,
-                concurrency: int) -> None:
-    """(b), (c), (d) and the int8 phase of one model against the running server, into result."""
-    port = urllib.parse.urlsplit(server["inference"]).port
-    pngs = result.pop("pngs")
-
-    def load(suffix: str, bodies: list[bytes] = pngs, content_type: str = "image/png",
-             clients: int = concurrency, images_per_request: int = 1) -> dict:
-        headers = {"Content-Type": content_type, "Authorization": f"Bearer {server['key']}"}
-        return http_load(port, f"/predictions/{name}{suffix}", [(b, headers) for b in bodies],
-                         clients, seconds, images_per_request)
-
-    before = server_metrics(metrics_url)
-    result["server_single_image"] = load("")
-    after = server_metrics(metrics_url)
-    result["stock_single_image"] = load("-stock")
-    result["stock_single_image_batch1"] = load("-stock-b1")
-    result["server_int8_single_image"] = load("-int8")
-    bodies = [json.dumps([{"image": base64.b64encode(p).decode()}
-                          for p in pngs[i:i + 64]]).encode() for i in range(0, 256, 64)]
-    result["server_multi_image_64"] = load("", bodies, "application/json", MULTI_IMAGE_CLIENTS,
-                                           images_per_request=64)
-    result["ratios"] = ratios(result)
-    result["pngs"] = pngs  # for the KServe front's phases
-    result["time_split_single_image"] = time_split(before, after, name,
-                                                   result["server_single_image"]["p50_ms"])
-
 
 def oip_binary(pngs: list[bytes]) -> tuple[bytes, dict[str, str]]:
     """One OIP v2 request holding `pngs` as a BYTES tensor in the binary extension (what
@@ -301,96 +231,208 @@ def oip_json(pngs: list[bytes]) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": "application/json"}
 
 
-def kserve_phases(server: dict, name: str, onnx_path: Path, workdir: Path, result: dict,
-                  seconds: float, concurrency: int, rounds: int) -> None:
-    """The two fronts on one .onnx, same threads, same loads: TorchServe (`server`, already warm
-    from the phases before; batchSize 16, maxBatchDelay 5 ms) and the KServe front (OIP v2),
-    started here twice: with the same batching (waits 5 ms for more requests; its size limit,
-    256 images, binds no more than TorchServe's 16 requests at these loads) on 127.0.0.1:18085,
-    and with its defaults (takes what is queued, no wait; 64 images) on 18086; both warmed
-    first. Single PNGs (KServe: a BYTES tensor, binary extension) and 64 PNGs per call
-    (TorchServe: its JSON list of base64; KServe: binary, and JSON base64), in `rounds`
-    interleaved rounds, forward and reversed in turn, so no phase gains from its place."""
-    pngs = result.pop("pngs")
-    ts_port, ts_path = urllib.parse.urlsplit(server["inference"]).port, f"/predictions/{name}"
-    ts_headers = {"Authorization": f"Bearer {server['key']}"}
-    groups = [pngs[i:i + 64] for i in range(0, 256, 64)]
-    path = f"/v2/models/{name}/infer"
+Load = tuple[int, str, list[tuple[bytes, dict[str, str]]], int, int]
+
+
+def phase_loads(name: str, torchserve_port: int, key: str, pngs: list[bytes],
+                concurrency: int) -> dict[str, Load]:
+    """Every HTTP phase of one model: phase -> (port, path, requests, clients, images per
+    request). TorchServe (ours fp32 and int8, stock with batchSize 16 and 1) on
+    `torchserve_port`; the KServe front with ours' batching on KSERVE_PORT, with its defaults
+    on KSERVE_PORT + 1. Single PNGs at `concurrency` clients; 64 PNGs per call (TorchServe: its
+    JSON list of base64; KServe: the binary extension, and JSON base64) at MULTI_IMAGE_CLIENTS."""
+    auth = {"Authorization": f"Bearer {key}"}
+    single = [(p, {**auth, "Content-Type": "image/png"}) for p in pngs]
+    groups = [pngs[i:i + 64] for i in range(0, len(pngs) - 63, 64)]  # full groups: 64 images each
+    json_lists = [(json.dumps([{"image": base64.b64encode(p).decode()} for p in group]).encode(),
+                   {**auth, "Content-Type": "application/json"}) for group in groups]
+    ours, oip = f"/predictions/{name}", f"/v2/models/{name}/infer"
     same, default = KSERVE_PORT, KSERVE_PORT + 1
-    loads = {  # name -> (port, path, requests, clients, images per request)
-        "torchserve_single": (ts_port, ts_path, [(p, {**ts_headers, "Content-Type": "image/png"})
-                                                 for p in pngs], concurrency, 1),
-        "kserve_single": (same, path, [oip_binary([p]) for p in pngs], concurrency, 1),
-        "kserve_single_default_batching": (default, path, [oip_binary([p]) for p in pngs], concurrency, 1),
-        "torchserve_64": (ts_port, ts_path, [
-            (json.dumps([{"image": base64.b64encode(p).decode()} for p in g]).encode(),
-             {**ts_headers, "Content-Type": "application/json"}) for g in groups],
-            MULTI_IMAGE_CLIENTS, 64),
-        "kserve_64": (same, path, [oip_binary(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
-        "kserve_64_json": (same, path, [oip_json(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
+    oip_single = [oip_binary([p]) for p in pngs]
+    return {
+        "server_single_image": (torchserve_port, ours, single, concurrency, 1),
+        "stock_single_image": (torchserve_port, f"{ours}-stock", single, concurrency, 1),
+        "stock_single_image_batch1": (torchserve_port, f"{ours}-stock-b1", single, concurrency, 1),
+        "server_int8_single_image": (torchserve_port, f"{ours}-int8", single, concurrency, 1),
+        "server_multi_image_64": (torchserve_port, ours, json_lists, MULTI_IMAGE_CLIENTS, 64),
+        "kserve_single": (same, oip, oip_single, concurrency, 1),
+        "kserve_single_default_batching": (default, oip, oip_single, concurrency, 1),
+        "kserve_64": (same, oip, [oip_binary(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
+        "kserve_64_json": (same, oip, [oip_json(g) for g in groups], MULTI_IMAGE_CLIENTS, 64),
     }
+
+
+# ratio -> (numerator phase, denominator phase, field), both measured in the same round; for the
+# p99 ratios below 1 means the numerator answers faster. The TorchServe side of the KServe
+# comparison is ours single / ours 64: the same loads, measured once.
+PAIRS = {
+    "server_vs_stock_req_per_s": ("server_single_image", "stock_single_image", "req_per_s"),
+    "server_vs_stock_p99": ("server_single_image", "stock_single_image", "p99_ms"),
+    "server_vs_stock_batch1_req_per_s": ("server_single_image", "stock_single_image_batch1", "req_per_s"),
+    "server_vs_stock_batch1_p99": ("server_single_image", "stock_single_image_batch1", "p99_ms"),
+    "server_int8_vs_stock_req_per_s": ("server_int8_single_image", "stock_single_image", "req_per_s"),
+    "server_int8_vs_stock_p99": ("server_int8_single_image", "stock_single_image", "p99_ms"),
+    "kserve_vs_torchserve_single_req_per_s": ("kserve_single", "server_single_image", "req_per_s"),
+    "kserve_vs_torchserve_single_p99": ("kserve_single", "server_single_image", "p99_ms"),
+    "kserve_vs_torchserve_single_default_batching_req_per_s": ("kserve_single_default_batching",
+                                                               "server_single_image", "req_per_s"),
+    "kserve_vs_torchserve_single_default_batching_p99": ("kserve_single_default_batching",
+                                                         "server_single_image", "p99_ms"),
+    "kserve_vs_torchserve_64_images_per_s": ("kserve_64", "server_multi_image_64", "images_per_s"),
+    "kserve_vs_torchserve_64_p99": ("kserve_64", "server_multi_image_64", "p99_ms"),
+    "kserve_vs_torchserve_64_json_images_per_s": ("kserve_64_json", "server_multi_image_64",
+                                                  "images_per_s"),
+    "kserve_vs_torchserve_64_json_p99": ("kserve_64_json", "server_multi_image_64", "p99_ms"),
+}
+
+
+def divide(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")  # a phase nothing answered
+
+
+def round_order(phases: list[str], round_: int) -> list[str]:
+    """Forward in even rounds, reversed in odd ones: over an even number of rounds every phase
+    sits on average in the middle of the order."""
+    return list(phases) if round_ % 2 == 0 else list(reversed(phases))
+
+
+def ratio_spreads(measured: dict[str, list[dict]], raw_batch64: float,
+                  scorer_images_per_s: float) -> dict[str, dict]:
+    """Every ratio per round from that round's phases (`measured`: phase -> one http_load dict
+    per round), then its median, min, max and spread over the rounds. The in-process figures
+    were measured once: against them each round's HTTP figure is a ratio of its own, and the
+    batch scorer's ratio is one value."""
+    values = {label: [divide(a[field], b[field]) for a, b in zip(measured[top], measured[bottom])]
+              for label, (top, bottom, field) in PAIRS.items()}
+    values["multi_image_vs_raw_batch64"] = [divide(r["images_per_s"], raw_batch64)
+                                            for r in measured["server_multi_image_64"]]
+    values["batch_scorer_vs_raw_batch64"] = [divide(scorer_images_per_s, raw_batch64)]
+    return {label: spread(v) for label, v in values.items()}
+
+
+def phase_medians(measured: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Each phase's throughput and latency percentiles: the median over the rounds."""
+    return {phase: {field: float(np.median([r[field] for r in runs])) for field in MEDIAN_FIELDS}
+            for phase, runs in measured.items()}
+
+
+@contextlib.contextmanager
+def kserve_fronts(name: str, onnx_path: Path, workdir: Path) -> Iterator[None]:
+    """The KServe front on `onnx_path`, twice: with ours' batching (waits 5 ms for more requests;
+    its size limit, 256 images, binds no more than TorchServe's 16 requests at these loads) on
+    KSERVE_PORT, and with its defaults (takes what is queued, no wait; 64 images) on
+    KSERVE_PORT + 1. Ready on entry, stopped on exit; logs in `workdir`."""
     command = [sys.executable, "-m", "handlers.kserve_server", "run", "--model", str(onnx_path),
                "--name", name, "--threads", str(THREADS)]
+    fronts = ((KSERVE_PORT, ["--max-batch", "256", "--batch-delay-ms", "5"]), (KSERVE_PORT + 1, []))
     processes = []
-    for port, batching in ((same, ["--max-batch", "256", "--batch-delay-ms", "5"]), (default, [])):
-        with open(workdir / f"kserve-{name}-{port}.log", "w") as log:
-            processes.append(subprocess.Popen([*command, "--http-port", str(port), *batching], cwd=ROOT,
-                                              stdout=log, stderr=subprocess.STDOUT))
-    measured: dict[str, list[dict]] = {key: [] for key in loads}
     try:
-        for port, process in zip((same, default), processes):
+        for port, batching in fronts:
+            with open(workdir / f"kserve-{name}-{port}.log", "w") as log:
+                processes.append(subprocess.Popen([*command, "--http-port", str(port), *batching],
+                                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        for (port, _), process in zip(fronts, processes):
             kserve_ready(f"http://127.0.0.1:{port}", name, process, 60)
-        for key in ("kserve_single", "kserve_single_default_batching", "kserve_64"):  # warm-up
-            port, url, requests, clients, _ = loads[key]
-            http_load(port, url, requests, clients, seconds / 2, warmup=0)
-        for round_ in range(rounds):
-            order = list(loads) if round_ % 2 == 0 else list(reversed(loads))
-            for key in order:
-                port, url, requests, clients, images = loads[key]
-                measured[key].append(http_load(port, url, requests, clients, seconds, images))
+        yield
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=30)
-    result["fronts"] = {"rounds": rounds, "seconds_per_phase": seconds, "phases": measured,
-                        "errors": {key: sum(r["errors"] for r in runs) for key, runs in measured.items()},
-                        "ratios": front_ratios(measured)}
 
 
-def front_ratios(measured: dict[str, list[dict]]) -> dict[str, dict]:
-    """KServe / TorchServe per round, then the median and range over the rounds."""
-    pairs = {"single_req_per_s": ("kserve_single", "torchserve_single", "req_per_s"),
-             "single_p99": ("kserve_single", "torchserve_single", "p99_ms"),
-             "single_default_batching_req_per_s": ("kserve_single_default_batching",
-                                                   "torchserve_single", "req_per_s"),
-             "single_default_batching_p99": ("kserve_single_default_batching", "torchserve_single",
-                                             "p99_ms"),
-             "64_images_per_s": ("kserve_64", "torchserve_64", "images_per_s"),
-             "64_p99": ("kserve_64", "torchserve_64", "p99_ms"),
-             "64_json_images_per_s": ("kserve_64_json", "torchserve_64", "images_per_s"),
-             "64_json_p99": ("kserve_64_json", "torchserve_64", "p99_ms")}
-    ratios = {}
-    for label, (ours, theirs, field) in pairs.items():
-        values = [a[field] / b[field] for a, b in zip(measured[ours], measured[theirs])]
-        ratios[f"kserve_vs_torchserve_{label}"] = {
-            "median": float(np.median(values)), "min": min(values), "max": max(values),
-            "rounds": values}
-    return ratios
+def measure_model(server: dict, name: str, workdir: Path, result: dict, seconds: float,
+                  concurrency: int, rounds: int) -> None:
+    """All HTTP phases of one model, into `result`: each warmed until settled, then `rounds`
+    interleaved rounds of `seconds` per phase. The server-side time split is taken around the
+    single-image phase of every round, its counters summed over the rounds."""
+    torchserve_port = urllib.parse.urlsplit(server["inference"]).port
+    loads = phase_loads(name, torchserve_port, server["key"], result.pop("pngs"), concurrency)
+    measured: dict[str, list[dict]] = {phase: [] for phase in loads}
+    counters: dict[str, float] = {}
+    with kserve_fronts(name, workdir / f"{name}.onnx", workdir):
+        result["warmup"] = {
+            phase: warm_until_settled(port, path, requests, clients, WARM_WINDOW_S, WARM_TOLERANCE,
+                                      WARM_MAX_SECONDS)
+            for phase, (port, path, requests, clients, _) in loads.items()}
+        for round_ in range(rounds):
+            for phase in round_order(list(loads), round_):
+                port, path, requests, clients, images = loads[phase]
+                before = server_metrics(server["metrics"]) if phase == SPLIT_PHASE else {}
+                measured[phase].append(http_load(port, path, requests, clients, seconds, images,
+                                                 seed=round_))
+                if phase == SPLIT_PHASE:
+                    delta = counter_delta(before, server_metrics(server["metrics"]), name)
+                    for counter, value in delta.items():
+                        counters[counter] = counters.get(counter, 0.0) + value
+    medians = phase_medians(measured)
+    result.update({
+        "phases": measured, "phase_medians": medians,
+        "errors": {phase: sum(r["errors"] for r in runs) for phase, runs in measured.items()},
+        "ratios": ratio_spreads(measured, result["raw_onnxruntime_images_per_s"]["batch64"],
+                                result["batch_scorer_images_per_s"]),
+        "time_split_single_image": time_split(counters, medians[SPLIT_PHASE]["p50_ms"])})
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python loadtest/bench.py", description=__doc__)
+def table_rows(ratios: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    """(ratio, median, min..max, spread %) per ratio, formatted."""
+    return [(label, f"{r['median']:.3g}", f"{r['min']:.3g}..{r['max']:.3g}", f"{r['spread']:.0%}")
+            for label, r in ratios.items()]
+
+
+def text_table(ratios: dict[str, dict]) -> str:
+    rows = [("ratio", "median", "min..max", "spread"), *table_rows(ratios)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in
+                                                            zip(row[1:], widths[1:])])
+                     for row in rows)
+
+
+def markdown_table(ratios: dict[str, dict]) -> str:
+    lines = ["| ratio | median | min..max | spread |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {' | '.join(row)} |" for row in table_rows(ratios)])
+
+
+def markdown_report(results: dict, rounds: int, seconds: float, concurrency: int) -> str:
+    """bench.md: per model the fp32-vs-stock headline, the ratio table, and the phases whose
+    warm-up did not settle."""
+    parts = [f"# `make bench` ratios\n\nPer round from phases measured in the same round, over {rounds} "
+             f"interleaved rounds (forward, then reversed), {seconds:g} s per phase, {concurrency} "
+             f"clients for single images, {MULTI_IMAGE_CLIENTS} for 64-image calls; spread = "
+             "(max - min) / median. p99 ratios: below 1 is the first named faster. "
+             "batch_scorer_vs_raw_batch64 is in-process, measured once."]
+    for name, result in results.items():
+        req_per_s, p99 = (result["ratios"][f"server_vs_stock_{field}"] for field in ("req_per_s", "p99"))
+        part = (f"## {name}\n\nfp32 server vs the stock path at equal batching (batchSize 16): "
+                f"req/s {req_per_s['median']:.3g}x ({req_per_s['min']:.3g}..{req_per_s['max']:.3g}), "
+                f"p99 {p99['median']:.3g}x ({p99['min']:.3g}..{p99['max']:.3g}).\n\n"
+                f"{markdown_table(result['ratios'])}")
+        unsettled = [phase for phase, warm in result["warmup"].items() if not warm["settled"]]
+        if unsettled:
+            part += f"\n\nWarm-up not settled within {WARM_MAX_SECONDS:g} s: {', '.join(unsettled)}."
+        parts.append(part)
+    return "\n\n".join(parts) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python loadtest/bench.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/default", help="the small-CNN run")
     parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--seconds", type=float, default=15.0, help="per load phase")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--front-seconds", type=float, default=8.0,
-                        help="per phase of the interleaved KServe / TorchServe rounds")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="per HTTP phase per round (raw onnxruntime: half of it per batch size)")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients of the single-image phases")
     parser.add_argument("--rounds", type=int, default=4,
-                        help="interleaved KServe / TorchServe rounds (even: as many forward as reversed)")
+                        help="interleaved rounds, at least 3 (even: as many forward as reversed)")
     parser.add_argument("--resnet-run-dir", default=None,
                         help="a trained ResNet-18 run (default: random weights)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.rounds < 3:
+        parser.error(f"--rounds must be at least 3 for a median and a spread, not {args.rounds}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -398,36 +440,39 @@ def main() -> int:
     resnet = (Path(args.resnet_run_dir) if args.resnet_run_dir
               else resnet_run(workdir / "resnet_run"))
     runs = {"smallcnn": Path(args.run_dir), "resnet18": resnet}
-    results = {name: bench_model(name, run, workdir, store, args.seconds, args.concurrency)
-               for name, run in runs.items()}
+    results = {name: bench_model(name, run, workdir, store, args.seconds) for name, run in runs.items()}
     config = bench_config(workdir, store, list(runs))
     env = {"TMPDIR": str(workdir)}
     try:
         server = start(config, workdir, env=env, timeout=180)
         for name, result in results.items():
-            load_phases(server, server["metrics"], name, result, args.seconds, args.concurrency)
-            kserve_phases(server, name, workdir / f"{name}.onnx", workdir, result,
-                          args.front_seconds, args.concurrency, args.rounds)
-            print(json.dumps({name: {**result["ratios"], **{
-                key: value["median"] for key, value in result["fronts"]["ratios"].items()}}},
-                indent=2), flush=True)
+            measure_model(server, name, workdir, result, args.seconds, args.concurrency, args.rounds)
+            print(f"{name}\n{text_table(result['ratios'])}\n", flush=True)
     finally:
         stop(workdir, env=env)
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "threads_per_worker": THREADS, "workers": 1},
-              "seconds_per_phase": args.seconds, "concurrency": args.concurrency,
+              "rounds": args.rounds, "seconds_per_phase": args.seconds,
+              "phase_order": "forward in even rounds (0, 2, ...), reversed in odd ones",
+              "warmup": {"window_s": WARM_WINDOW_S, "tolerance": WARM_TOLERANCE,
+                         "max_seconds": WARM_MAX_SECONDS},
+              "concurrency": args.concurrency, "multi_image_clients": MULTI_IMAGE_CLIENTS,
               "models": results}
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown_report(results, args.rounds, args.seconds, args.concurrency))
     plot(results, out / "bench.png")
     plot_fronts(results, out / "fronts.png")
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"wrote {out / 'bench.json'}, {out / 'bench.png'} and {out / 'fronts.png'}")
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'} and {out / 'fronts.png'}")
     return 0
 
 
-def median(result: dict, phase: str, field: str) -> float:
-    """The median of one front phase's `field` over the interleaved rounds."""
-    return float(np.median([r[field] for r in result["fronts"]["phases"][phase]]))
+def whiskers(result: dict, phases: list[str], field: str) -> tuple[list[float], list[list[float]]]:
+    """Each phase's median `field` over the rounds, and matplotlib's yerr reaching its min..max."""
+    values = [[r[field] for r in result["phases"][phase]] for phase in phases]
+    middle = [float(np.median(v)) for v in values]
+    return middle, [[m - min(v) for m, v in zip(middle, values)],
+                    [max(v) - m for m, v in zip(middle, values)]]
 
 
 def plot_fronts(results: dict, path: Path) -> None:
@@ -438,19 +483,16 @@ def plot_fronts(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    phases = [("torchserve_single", "TorchServe", "C0"), ("kserve_single_default_batching", "KServe", "C1"),
+    single = [("server_single_image", "TorchServe", "C0"), ("kserve_single_default_batching", "KServe", "C1"),
               ("kserve_single", "KServe, 5 ms wait", "C1")]
-    many = [("torchserve_64", "TorchServe", "C0"), ("kserve_64", "KServe binary", "C1"),
+    many = [("server_multi_image_64", "TorchServe", "C0"), ("kserve_64", "KServe binary", "C1"),
             ("kserve_64_json", "KServe JSON", "C1")]
     fig, axes = plt.subplots(1, 2 * len(results), figsize=(5 * 2 * len(results), 3.6))
     for i, (name, r) in enumerate(results.items()):
-        for ax, group, title in ((axes[2 * i], phases, "1 image / request"),
+        for ax, group, title in ((axes[2 * i], single, "1 image / request"),
                                  (axes[2 * i + 1], many, "64 images / request")):
-            values = [[p["images_per_s"] for p in r["fronts"]["phases"][key]] for key, _, _ in group]
-            middle = [float(np.median(v)) for v in values]
-            spread = [[m - min(v) for m, v in zip(middle, values)],
-                      [max(v) - m for m, v in zip(middle, values)]]
-            ax.bar([label for _, label, _ in group], middle, yerr=spread, capsize=4,
+            middle, yerr = whiskers(r, [phase for phase, _, _ in group], "images_per_s")
+            ax.bar([label for _, label, _ in group], middle, yerr=yerr, capsize=4,
                    color=[color for _, _, color in group], alpha=0.9)
             ax.set_title(f"{name}: {title}")
             ax.set_ylabel("images / s")
@@ -461,22 +503,28 @@ def plot_fronts(results: dict, path: Path) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Images/s per model: in-process figures (measured once) and each HTTP phase's median over
+    the rounds with min..max whiskers; log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
+    phases = [("server_single_image", "server 1 img", "C0"),
+              ("server_int8_single_image", "server int8 1 img", "C0"),
+              ("kserve_single_default_batching", "KServe 1 img", "C1"),
+              ("stock_single_image", "stock 1 img b16", "C3"),
+              ("stock_single_image_batch1", "stock 1 img b1", "C3"),
+              ("server_multi_image_64", "server 64 img", "C0"), ("kserve_64", "KServe 64 img", "C1")]
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4))
     for ax, (name, r) in zip(np.atleast_1d(axes), results.items()):
-        labels = ["raw ORT b1", "raw ORT b64", "server 1 img", "KServe 1 img", "stock 1 img b16",
-                  "stock 1 img b1", "server 64 img", "KServe 64 img", "batch scorer"]
-        values = [r["raw_onnxruntime_images_per_s"]["batch1"], r["raw_onnxruntime_images_per_s"]["batch64"],
-                  r["server_single_image"]["images_per_s"],
-                  median(r, "kserve_single_default_batching", "images_per_s"),
-                  r["stock_single_image"]["images_per_s"], r["stock_single_image_batch1"]["images_per_s"],
-                  r["server_multi_image_64"]["images_per_s"], median(r, "kserve_64", "images_per_s"),
-                  r["batch_scorer_images_per_s"]]
-        ax.bar(labels, values, color=["grey", "grey", "C0", "C1", "C3", "C3", "C0", "C1", "C2"])
+        raw = r["raw_onnxruntime_images_per_s"]
+        middle, (below, above) = whiskers(r, [phase for phase, _, _ in phases], "images_per_s")
+        labels = ["raw ORT b1", "raw ORT b64", *[label for _, label, _ in phases], "batch scorer"]
+        values = [raw["batch1"], raw["batch64"], *middle, r["batch_scorer_images_per_s"]]
+        ax.bar(labels, values, color=["grey", "grey", *[color for _, _, color in phases], "C2"])
+        # whiskers on the HTTP phases only: the in-process figures were measured once
+        ax.errorbar(labels[2:-1], middle, yerr=[below, above], fmt="none", ecolor="black", capsize=3)
         ax.set_yscale("log")
         ax.set_ylabel("images / s (log)")
         ax.set_title(name)
