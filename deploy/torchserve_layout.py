@@ -26,8 +26,8 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.properties"
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storageUri prefix
 VERSION = "1"  # the archive's version, the key of the model in model_snapshot
 # kept from the repo's config.properties as they are: what the local server does, the pod does
-REPO_KEYS = ("enable_model_api", "default_workers_per_model", "metrics_mode",
-             "model_metrics_auto_detect")
+REPO_KEYS = ("default_workers_per_model", "metrics_mode", "model_metrics_auto_detect",
+             "max_request_size")
 NOTES = {
     "inference_address": "KServe's layout: TorchServe on 8085; the KServe wrapper holds 8080 and "
                          "forwards /v1/models/NAME:predict here.",
@@ -40,6 +40,9 @@ NOTES = {
                       "Batch on the client instead: a JSON list of images in one instance's data.",
     "install_py_dep_per_model": "No pip at pod start: onnxruntime, Pillow, numpy and PyYAML must be in "
                                 "the runtime image (deploy/README.md).",
+    "enable_model_api": "Model registration OFF in the cluster (the repo turns it on for loopback "
+                        "rollouts with a token; here tokens are off): KServe rolls out new "
+                        "versions by replacing the InferenceService's storageUri.",
     "disable_token_authorization": "Token authorisation OFF, in the cluster only: KServe's wrapper "
                                    "calls TorchServe without a token. The cluster's ingress / mesh "
                                    "MUST authenticate callers (deploy/README.md); the management API "
@@ -77,6 +80,7 @@ def cluster_properties(name: str, repo: dict[str, str], settings: dict) -> dict[
             "install_py_dep_per_model": "false",
             "enable_metrics_api": "true",
             **{key: repo[key] for key in REPO_KEYS},
+            "enable_model_api": "false",
             "disable_token_authorization": "true"}
 
 

@@ -33,10 +33,13 @@ class Predictor:
     """Loads a contract .onnx (refusing a bad one) and answers decoded requests in batches."""
 
     def __init__(self, model_path: str | Path, name: str | None = None, threads: int | None = None,
-                 providers: list[str] | None = None, top_k: int = 3):
+                 providers: list[str] | None = None, top_k: int = 3, version: str | None = None):
+        """`version`: what answers report as model.version (a server's version of the model);
+        default the .onnx's own model_version."""
         self.session, self.info = load_model(model_path, providers, threads)
         self.shape = Shape(self.info.channels, self.info.height, self.info.width)
         self.name = name or Path(model_path).stem
+        self.version = version or self.info.model_version
         self.top_k = max(1, min(top_k, len(self.info.class_names)))
         self.has_reciprocal = "reciprocal_score" in self.info.output_names
         self._fetch = ["logits", "unknown_score"] + (["reciprocal_score"] if self.has_reciprocal
@@ -66,7 +69,7 @@ class Predictor:
         (reciprocal-point heads)."""
         top, top_p = self.top_classes(outputs.logits)
         names = self.info.class_names
-        model = {"name": self.name, "version": self.info.model_version,
+        model = {"name": self.name, "version": self.version,
                  "method": self.info.method, "score": self.info.score}
         scores = outputs.unknown_score.tolist()
         reciprocal = None if outputs.reciprocal_score is None else outputs.reciprocal_score.tolist()

@@ -38,9 +38,11 @@ class OpenSetHandler:
         try:
             self.predictor = Predictor(model_dir / manifest["serializedFile"],
                                        name=manifest["modelName"], threads=threads,
-                                       top_k=int(settings.get("top_k", 3)))
-            logger.info("open-set model %s loaded: %s, %d classes, threshold %.4g, %d ORT threads",
-                        manifest["modelName"], self.predictor.info.method,
+                                       top_k=int(settings.get("top_k", 3)),
+                                       version=manifest.get("modelVersion"))
+            logger.info("open-set model %s version %s loaded: %s, %d classes, threshold %.4g, "
+                        "%d ORT threads", manifest["modelName"], self.predictor.version,
+                        self.predictor.info.method,
                         len(self.predictor.info.class_names), self.predictor.info.threshold, threads)
         except ModelFileError as error:
             self.load_error = str(error)
