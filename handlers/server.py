@@ -186,6 +186,7 @@ def start(config: Path, workdir: Path, env: dict | None = None, timeout: float =
     ready = wait_until_ready(url, workdir, timeout)
     check_models_loaded(props, workdir)
     return {"inference": url, "metrics": props.get("metrics_address", "http://127.0.0.1:8082"),
+            "management": props.get("management_address", "http://127.0.0.1:8081"),
             "key": read_inference_key(workdir / KEY_FILE), "seconds_to_healthy": ready}
 
 

@@ -1,0 +1,256 @@
+"""`make drills`: what clients see while an operator (or a crash) acts on a loaded server.
+
+Three drills against one TorchServe started here (127.0.0.1:18080-18082, TMPDIR-isolated) with
+the repo's config.properties and log4j2.xml, each under closed-loop load from CLIENTS keep-alive
+clients sending single PNGs and recording every request (sent, done, status, model.version):
+- worker kill: SIGKILL the backend worker mid-load; failed requests, the time until a request
+  sent after the kill is answered, failures after that;
+- rollout: `handlers.rollout` switches to a new version (the same .onnx archived as version
+  N+1) and back (rollback) mid-load; failed requests and which version answered, over time;
+- stop: `handlers.server.stop` mid-load; what happened to the requests in flight at that moment
+  and to those sent after it.
+The tests (tests/test_operations.py) run the same drills on a tiny model and assert on them.
+Writes runs/drills/drills.json and drills.png (requests per 100 ms by outcome, events marked).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from handlers.rollout import Management, Rollout, rollback, rollout  # noqa: E402
+from handlers.server import (KEY_FILE, environment_with, frontend_processes, read_key,  # noqa: E402
+                             start, stop, write_config)
+
+CLIENTS = 8
+WORKER = "model_service_worker"
+
+
+class Traffic:
+    """`clients` closed-loop keep-alive clients POSTing `body` until stopped; every request is
+    recorded as (sent, done, outcome, version): outcome an HTTP status or an exception name."""
+
+    def __init__(self, server: dict, model: str, body: bytes, content_type: str = "image/png",
+                 clients: int = CLIENTS):
+        self.port = int(server["inference"].rsplit(":", 1)[1])
+        self.path = f"/predictions/{model}"
+        self.headers = {"Content-Type": content_type, "Authorization": f"Bearer {server['key']}"}
+        self.body, self.clients = body, clients
+        self.records: list[tuple[float, float, int | str, str | None]] = []
+        self.lock, self.running = threading.Lock(), threading.Event()
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
+
+    def client(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        mine = []
+        while self.running.is_set():
+            sent = time.perf_counter()
+            version = None
+            try:
+                connection.request("POST", self.path, body=self.body, headers=self.headers)
+                response = connection.getresponse()
+                text = response.read()
+                outcome: int | str = response.status
+                if response.status == 200:
+                    version = json.loads(text).get("model", {}).get("version")
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                outcome = type(exc).__name__
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                time.sleep(0.01)  # a refused connect returns at once: do not spin
+            mine.append((sent, time.perf_counter(), outcome, version))
+        connection.close()
+        with self.lock:
+            self.records.extend(mine)
+
+    def __enter__(self) -> Traffic:
+        self.running.set()
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.running.clear()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        self.records.sort()
+
+
+def failures(records: list, since: float = float("-inf")) -> Counter:
+    """Outcomes other than 200 of the requests sent at or after `since`."""
+    return Counter(str(r[2]) for r in records if r[0] >= since and r[2] != 200)
+
+
+def worker_kill_drill(server: dict, env: dict, model: str, body: bytes, before: float = 2.0,
+                      after: float = 4.0) -> dict:
+    """SIGKILL the backend worker(s) under load; failed requests and the recovery time."""
+    with Traffic(server, model, body) as traffic:
+        time.sleep(before)
+        workers = [p for p in frontend_processes(environment_with(env))
+                   if any(WORKER in part for part in p.cmdline())]
+        killed_at = time.perf_counter()
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+        time.sleep(after)
+    records = traffic.records
+    recovered = next((r for r in records if r[0] >= killed_at and r[2] == 200), None)
+    recovery = recovered[1] if recovered else float("inf")
+    return {"workers_killed": len(workers), "requests": len(records),
+            "failed": dict(failures(records)), "failed_total": sum(failures(records).values()),
+            "recovery_s": recovery - killed_at,
+            "failed_after_recovery": sum(failures(records, recovery).values()),
+            "timeline": timeline(records, killed_at, {"worker killed": 0.0})}
+
+
+def rollout_drill(server: dict, workdir: Path, store: Path, model: str, onnx: Path, body: bytes,
+                  settle: float = 2.0) -> dict:
+    """rollout to a new version, then rollback, under load; failures and versions seen."""
+    management = Management(server["management"], read_key(workdir / KEY_FILE, "management"))
+    rolling = Rollout(management, server["inference"], server["key"], model, drain_timeout=30,
+                      say=lambda line: None)
+    events: dict[str, float] = {}
+    with Traffic(server, model, body) as traffic:
+        time.sleep(settle)
+        started = time.perf_counter()
+        events["rollout"] = 0.0
+        new = rollout(onnx, rolling, store)
+        events["rolled out"] = time.perf_counter() - started
+        time.sleep(settle)
+        events["rollback"] = time.perf_counter() - started
+        old = rollback(rolling, store)
+        events["rolled back"] = time.perf_counter() - started
+        time.sleep(settle)
+    records = traffic.records
+    first_new = next((r[1] for r in records if r[3] == new), None)
+    last_new = max((r[1] for r in records if r[3] == new), default=None)
+    return {"requests": len(records), "failed": dict(failures(records)),
+            "failed_total": sum(failures(records).values()), "versions": {"before": old, "new": new},
+            "answered_by": dict(Counter(r[3] for r in records if r[2] == 200)),
+            "new_version_first_answer_s": None if first_new is None else first_new - started,
+            "new_version_last_answer_s": None if last_new is None else last_new - started,
+            "events_s": events, "timeline": timeline(records, started, events)}
+
+
+def stop_drill(workdir: Path, env: dict, server: dict, model: str, body: bytes,
+               before: float = 2.0, timeout: float = 30) -> dict:
+    """stop() under load: the requests in flight at that moment, and those sent after it."""
+    with Traffic(server, model, body) as traffic:
+        time.sleep(before)
+        stopping = time.perf_counter()
+        result = stop(workdir, env=env, timeout=timeout)
+        time.sleep(0.5)
+    records = traffic.records
+    in_flight = [r for r in records if r[0] < stopping <= r[1]]
+    after = [r for r in records if r[0] >= stopping]
+    return {"stop_seconds": result["seconds"], "processes_killed": result["killed"],
+            "in_flight_at_stop": dict(Counter(str(r[2]) for r in in_flight)),
+            "sent_after_stop_began": dict(Counter(str(r[2]) for r in after)),
+            "failed_before_stop": sum(failures([r for r in records if r[1] < stopping]).values()),
+            "timeline": timeline(records, stopping, {"stop": 0.0})}
+
+
+def timeline(records: list, origin: float, events: dict[str, float], step: float = 0.1) -> dict:
+    """Requests finished per `step` seconds by outcome (200 per version), times from `origin`."""
+    buckets: dict[str, dict[int, int]] = {}
+    for _sent, done, outcome, version in records:
+        key = f"200 v{version}" if outcome == 200 else str(outcome)
+        index = int((done - origin) // step)
+        buckets.setdefault(key, {})[index] = buckets.setdefault(key, {}).get(index, 0) + 1
+    return {"step_s": step, "events_s": events,
+            "series": {key: sorted(counts.items()) for key, counts in buckets.items()}}
+
+
+def png_for(onnx: Path) -> bytes:
+    """A mid-grey PNG of the model's input size."""
+    import numpy as np
+    from PIL import Image
+
+    from handlers.contract import load_model
+
+    _, info = load_model(onnx, providers=["CPUExecutionProvider"])
+    pixels = np.full((info.height, info.width, info.channels), 128, np.uint8).squeeze(-1) \
+        if info.channels == 1 else np.full((info.height, info.width, info.channels), 128, np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def drill_config(workdir: Path, store: Path, model: str, port_offset: int = 10000) -> Path:
+    """The repo's config.properties for `model` in `store`, ports moved up `port_offset`."""
+    settings = {"defaultVersion": True, "marName": f"{model}.mar", "minWorkers": 1, "maxWorkers": 1,
+                "batchSize": 16, "maxBatchDelay": 5, "responseTimeout": 30}
+    return write_config(ROOT / "config.properties", workdir / "config.properties",
+                        {"model_store": str(store), "load_models": f"{model}={model}.mar",
+                         "models": json.dumps({model: {"1": settings}})}, port_offset=port_offset)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    for ax, (name, result) in zip(axes, results.items()):
+        line = result["timeline"]
+        for key, points in sorted(line["series"].items()):
+            xs = [i * line["step_s"] for i, _ in points]
+            ax.plot(xs, [n / line["step_s"] for _, n in points], ".", ms=3, label=key)
+        for label, at in line["events_s"].items():
+            ax.axvline(at, color="grey", ls="--", lw=0.8)
+            ax.text(at, ax.get_ylim()[1] * 0.95, label, rotation=90, va="top", fontsize=7)
+        ax.set_title(name)
+        ax.set_xlabel("s from the event")
+        ax.set_ylabel("requests / s finished")
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    from export.archive import build_archive
+
+    parser = argparse.ArgumentParser(prog="python loadtest/operations.py", description=__doc__)
+    parser.add_argument("--run-dir", default="runs/default", help="the run whose model.onnx is served")
+    parser.add_argument("--out", default="runs/drills")
+    args = parser.parse_args()
+    onnx = Path(args.run_dir) / "model.onnx"
+    if not onnx.is_file():
+        parser.error(f"{onnx} not found (make export)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="drills-"))
+    store, model, env = workdir / "store", "opensetmnist", {"TMPDIR": str(workdir)}
+    build_archive(onnx, model, "1", store, ort_threads=2)
+    body = png_for(onnx)
+    config = drill_config(workdir, store, model)
+    results = {}
+    try:
+        server = start(config, workdir, env=env, timeout=120)
+        results["worker kill"] = worker_kill_drill(server, env, model, body)
+        results["rollout and rollback"] = rollout_drill(server, workdir, store, model, onnx, body)
+        results["graceful stop"] = stop_drill(workdir, env, server, model, body)
+    finally:
+        stop(workdir, env=env)
+    (out / "drills.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out / "drills.png")
+    for name, result in results.items():
+        print(name, json.dumps({k: v for k, v in result.items() if k != "timeline"}))
+    print(f"wrote {out / 'drills.json'} and {out / 'drills.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
