@@ -6,18 +6,29 @@
 Known and unknown digits are real mnist5k images of the served run's known / unknown classes
 (read from --run-dir's metrics.json), sent as PNG bytes; "bad" requests send garbage bytes and
 count as a success only when the server answers 400 with a JSON error. The token comes from
-TorchServe's key_file.json. At the end the process exits non-zero when the failure ratio or
-the p95 latency is above the thresholds given.
+TorchServe's key_file.json.
+
+Like any client of the service, the user tries again an answer of 503 (worker busy or
+restarting), 507 (the worker holding the batch died) or no answer at all (connection refused
+or reset), up to --retries times with doubling, jittered waits (0.1 s, at most 1 s; see
+loadtest/traffic.py: retry_wait). Each such attempt is reported as a success under its own
+name, e.g. `known digit: 507 retried`, so the report counts the retries while the failure
+ratio counts only the requests still failing after the last one. At the end the process exits
+non-zero when the failure ratio or the p95 latency (over every attempt) is above the thresholds
+given.
 """
 from __future__ import annotations
 
+import itertools
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from locust import HttpUser, between, events, task
 
 from handlers.server import read_inference_key
-from loadtest.traffic import digit_pngs, parse_mix, pick
+from loadtest.traffic import NO_ANSWER, digit_pngs, parse_mix, pick, retry_wait
 
 
 @events.init_command_line_parser.add_listener
@@ -26,6 +37,8 @@ def _arguments(parser):
     parser.add_argument("--run-dir", default="runs/default", help="the served model's run")
     parser.add_argument("--key-file", default="key_file.json", help="TorchServe token file")
     parser.add_argument("--model-name", default="opensetmnist")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="tries again of a 503, 507 or connection error (0: none)")
     parser.add_argument("--max-fail-ratio", type=float, default=0.0)
     parser.add_argument("--max-p95-ms", type=float, default=float("inf"))
 
@@ -42,6 +55,7 @@ def _prepare(environment, **_):
     STATE["images"] = digit_pngs(Path(options.run_dir))
     STATE["token"] = read_inference_key(Path(options.key_file))
     STATE["path"] = f"/predictions/{options.model_name}"
+    STATE["retries"] = options.retries
 
 
 @events.quitting.add_listener
@@ -56,6 +70,28 @@ def _verdict(environment, **_):
         environment.process_exit_code = 1
 
 
+def bad_input_problem(response) -> str | None:
+    """Why a 'bad' request's final answer is a failure: anything but 400 not_an_image."""
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):
+        code = None
+    if response.status_code == 400 and code == "not_an_image":
+        return None
+    return f"expected 400 not_an_image, got {response.status_code} {code}"
+
+
+def digit_problem(response) -> str | None:
+    """Why a digit's final answer is a failure: no answer, or one without an unknown_score."""
+    if response.status_code == NO_ANSWER:
+        return f"no answer ({response.error})"
+    try:
+        ok = response.status_code == 200 and "unknown_score" in response.json()
+    except ValueError:
+        ok = False
+    return None if ok else f"status {response.status_code} without an unknown_score"
+
+
 class OpenSetUser(HttpUser):
     wait_time = between(0.0, 0.05)
 
@@ -63,28 +99,32 @@ class OpenSetUser(HttpUser):
         if STATE.get("token"):
             self.client.headers["Authorization"] = f"Bearer {STATE['token']}"
 
+    def send(self, name: str, body: bytes, content_type: str,
+             problem: Callable[[object], str | None]) -> None:
+        """POST until the answer is final. A retried attempt is a success under
+        `{name}: {status} retried`; the final one is reported under `name`, failed when
+        `problem` says why."""
+        for retries_done in itertools.count():
+            with self.client.post(STATE["path"], data=body, headers={"Content-Type": content_type},
+                                  name=name, catch_response=True) as response:
+                wait = retry_wait(response.status_code, retries_done, STATE["retries"])
+                if wait is not None:
+                    response.request_meta["name"] = f"{name}: {response.status_code} retried"
+                    response.success()
+                elif (failure := problem(response)) is not None:
+                    response.failure(failure)
+                else:
+                    response.success()
+            if wait is None:
+                return
+            time.sleep(wait)  # gevent's sleep: locust has monkey-patched the process
+
     @task
     def predict(self):
         kind = pick(STATE["mix"])
         if kind == "bad":
-            with self.client.post(STATE["path"], data=b"\x00 not an image",
-                                  headers={"Content-Type": "application/octet-stream"},
-                                  name="bad input (expect 400)", catch_response=True) as response:
-                try:
-                    code = response.json().get("code")
-                except (ValueError, AttributeError):
-                    code = None
-                if response.status_code == 400 and code == "not_an_image":
-                    response.success()
-                else:
-                    response.failure(f"expected 400 not_an_image, got {response.status_code} {code}")
-            return
-        body = random.choice(STATE["images"][kind])
-        with self.client.post(STATE["path"], data=body, headers={"Content-Type": "image/png"},
-                              name=f"{kind} digit", catch_response=True) as response:
-            try:
-                ok = response.status_code == 200 and "unknown_score" in response.json()
-            except ValueError:
-                ok = False
-            if not ok:
-                response.failure(f"status {response.status_code} without an unknown_score")
+            self.send("bad input (expect 400)", b"\x00 not an image", "application/octet-stream",
+                      bad_input_problem)
+        else:
+            self.send(f"{kind} digit", random.choice(STATE["images"][kind]), "image/png",
+                      digit_problem)

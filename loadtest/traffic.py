@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from handlers.remote_client import RETRIED_STATUSES, backoff_s
+
 KINDS = ("known", "unknown", "bad")
+NO_ANSWER = 0  # the status_code of locust's HttpSession when the connection failed or was reset
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -52,3 +55,14 @@ def digit_pngs(run_dir: Path, count: int = 200, seed: int = 0) -> dict[str, list
 def pick(mix: dict[str, float], rng: random.Random = random) -> str:
     """One request kind, drawn with the mix's weights."""
     return rng.choices(KINDS, weights=[mix[k] for k in KINDS])[0]
+
+
+def retry_wait(status: int, retries_done: int, retries: int = 3, base_s: float = 0.1,
+               cap_s: float = 1.0, rng: random.Random = random) -> float | None:
+    """Seconds to wait before trying again a request answered `status` after `retries_done`
+    retries, or None when that answer is final. 503 (busy), 507 (its worker died) and no answer
+    are retried up to `retries` times, with the remote client's jittered doubling waits:
+    inference is idempotent, and a user of the service would retry them too."""
+    if (status not in RETRIED_STATUSES and status != NO_ANSWER) or retries_done >= retries:
+        return None
+    return backoff_s(retries_done, base_s, cap_s, rng)
