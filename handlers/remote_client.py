@@ -9,11 +9,11 @@ error text and is not sent: TorchServe would refuse it with a 413, or, since url
 whole body before reading the answer, by resetting the connection, which reads as unreachable
 (so a server with a smaller limit needs that limit here).
 
-Inference is idempotent, so a 503 (worker busy or restarting), a 507 (the worker holding the
-batch died; the frontend starts a new one) and an unreachable or reset connection (a server
-stopping or restarting) are retried, with exponential backoff and jitter; any other HTTP status,
-413 included, is final. A request that fails gets its error text once per image it carried
-(`server answered 507: ...`, `server unreachable (...)`).
+Inference is idempotent, so a 503 (worker busy or restarting), a 507 or a 500 "Worker died."
+(the worker holding the batch died; the frontend starts a new one) and an unreachable or reset
+connection (a server stopping or restarting) are retried, with exponential backoff and jitter;
+any other HTTP status, 413 included, is final. A request that fails gets its error text once
+per image it carried (`server answered 507: ...`, `server unreachable (...)`).
 """
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ import numpy as np
 
 MAX_REQUEST_SIZE = 6_553_500  # TorchServe's default max_request_size, in bytes of one body
 RETRIED_STATUSES = frozenset({503, 507})  # worker busy or restarting; its worker died mid-batch
+WORKER_DIED = "Worker died"  # TorchServe's 500 for the requests of a batch whose worker died
+
+
+def worth_retrying(status: int, text: str = "") -> bool:
+    """An answer that a worker restart explains: 503, 507, or TorchServe's 500 "Worker died."
+    (seen for multi-image requests when the worker is killed); never a handler's answer."""
+    return status in RETRIED_STATUSES or (status == 500 and WORKER_DIED in text)
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
@@ -97,7 +104,7 @@ class RemoteScorer:
                 data = response.read()
         except urllib.error.HTTPError as exc:
             text = exc.read()[:200].decode(errors="replace")
-            return None, f"server answered {exc.code}: {text}", exc.code in RETRIED_STATUSES
+            return None, f"server answered {exc.code}: {text}", worth_retrying(exc.code, text)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             return None, f"server unreachable ({exc})", True
         try:

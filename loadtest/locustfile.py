@@ -107,7 +107,8 @@ class OpenSetUser(HttpUser):
         for retries_done in itertools.count():
             with self.client.post(STATE["path"], data=body, headers={"Content-Type": content_type},
                                   name=name, catch_response=True) as response:
-                wait = retry_wait(response.status_code, retries_done, STATE["retries"])
+                wait = retry_wait(response.status_code, retries_done, STATE["retries"],
+                                  text=response.text or "")
                 if wait is not None:
                     response.request_meta["name"] = f"{name}: {response.status_code} retried"
                     response.success()

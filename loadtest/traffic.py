@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from handlers.remote_client import RETRIED_STATUSES, backoff_s
+from handlers.remote_client import backoff_s, worth_retrying
 
 KINDS = ("known", "unknown", "bad")
 NO_ANSWER = 0  # the status_code of locust's HttpSession when the connection failed or was reset
@@ -58,11 +58,12 @@ def pick(mix: dict[str, float], rng: random.Random = random) -> str:
 
 
 def retry_wait(status: int, retries_done: int, retries: int = 3, base_s: float = 0.1,
-               cap_s: float = 1.0, rng: random.Random = random) -> float | None:
+               cap_s: float = 1.0, rng: random.Random = random, text: str = "") -> float | None:
     """Seconds to wait before trying again a request answered `status` after `retries_done`
-    retries, or None when that answer is final. 503 (busy), 507 (its worker died) and no answer
+    retries, or None when that answer is final. 503 (busy), 507 or 500 "Worker died." (its
+    worker died; `text` is the answer's body) and no answer
     are retried up to `retries` times, with the remote client's jittered doubling waits:
     inference is idempotent, and a user of the service would retry them too."""
-    if (status not in RETRIED_STATUSES and status != NO_ANSWER) or retries_done >= retries:
+    if (not worth_retrying(status, text) and status != NO_ANSWER) or retries_done >= retries:
         return None
     return backoff_s(retries_done, base_s, cap_s, rng)
