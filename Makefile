@@ -20,7 +20,8 @@ MAX_P95_MS ?= 1000
 
 KSERVE_PORT ?= 8085
 
-.PHONY: serve stop serve-kserve stop-kserve test test-fast train export protocol load bench clean-venv
+.PHONY: serve stop serve-kserve stop-kserve test test-fast train export protocol load bench \
+	bench-logging drills soak clean-venv
 
 # pyproject.toml is the one dependency list; the stamp re-installs when it changes.
 $(STAMP): pyproject.toml
@@ -35,8 +36,10 @@ $(STAMP): pyproject.toml
 serve: model_store/$(MODEL).mar
 	$(PY) -m handlers.server start --config config.properties --model $(MODEL)
 
+# Graceful: in-flight requests are answered; whatever is left after STOP_TIMEOUT s is killed.
+STOP_TIMEOUT ?= 30
 stop: $(STAMP)
-	$(PY) -m handlers.server stop
+	$(PY) -m handlers.server stop --timeout $(STOP_TIMEOUT)
 
 # The KServe front (Open Inference Protocol v2) on the same .onnx, 127.0.0.1:$(KSERVE_PORT).
 serve-kserve: $(RUN_DIR)/model.onnx | $(STAMP)
@@ -80,6 +83,20 @@ load: $(STAMP)
 # Side-by-side throughput/latency benchmark (needs no running server; starts its own).
 bench: $(RUN_DIR)/model.pt
 	$(PY) loadtest/bench.py --run-dir $(RUN_DIR) --out runs/bench $(if $(BENCH_RESNET),--resnet-run-dir $(BENCH_RESNET))
+
+# TorchServe's default logging against log4j2.xml on the small model, ABAB rounds (~5 min).
+bench-logging: model_store/$(MODEL).mar
+	$(PY) loadtest/logging_bench.py --model $(MODEL) --run-dir $(RUN_DIR) --out runs/bench_logging
+
+# Worker kill, rollout/rollback and graceful stop under load on a server of its own (~1 min).
+drills: $(RUN_DIR)/model.onnx | $(STAMP)
+	$(PY) loadtest/operations.py --run-dir $(RUN_DIR) --out runs/drills
+
+# SOAK_MINUTES at LOAD_USERS users: memory, log bytes, p99 and failures over time.
+SOAK_MINUTES ?= 10
+soak: model_store/$(MODEL).mar
+	$(PY) loadtest/soak.py --minutes $(SOAK_MINUTES) --users $(LOAD_USERS) --model $(MODEL) \
+		--run-dir $(RUN_DIR) --out runs/soak
 
 protocol: $(STAMP)
 	$(PY) -m studies.protocol --dataset mnist5k --train-seeds 0,1 --out runs/protocol
