@@ -87,5 +87,6 @@ def spread(values: list[float]) -> dict:
     """Median, min, max and relative spread ((max - min) / median) of one ratio over rounds."""
     middle = float(np.median(values))
     return {"median": middle, "min": float(min(values)), "max": float(max(values)),
-            "spread": float((max(values) - min(values)) / middle) if middle else float("nan"),
+            "spread": float((max(values) - min(values)) / middle) if middle
+            else (0.0 if max(values) == min(values) else float("nan")),
             "rounds": [float(v) for v in values]}
