@@ -147,6 +147,19 @@ def test_rollout_cli_refuses_without_the_management_api(tmp_path, capsys):
 
 # ---- against a server ------------------------------------------------------------------------
 
+def test_start_names_a_model_that_did_not_load(tmp_path):
+    """/ping is Healthy without any model: start asks the management API and says why."""
+    store = tmp_path / "store"
+    store.mkdir()
+    config = drill_config(tmp_path, store, "missing", port_offset=10100)
+    env = {"TMPDIR": str(tmp_path)}
+    try:
+        with pytest.raises(RuntimeError, match="model missing did not load: Failed to load model"):
+            start(config, tmp_path, env=env, timeout=60)
+    finally:
+        stop(tmp_path, env=env, timeout=10)
+
+
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory, runs):
     if Path("/tmp/.ts.sock.9000").exists():
