@@ -5,6 +5,7 @@ waited for a health check that cannot pass (90 s). Stdlib only.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -52,6 +53,25 @@ def check_ports(properties: dict[str, str], config_name: str = "config.propertie
             raise PreflightError(
                 f"{host}:{port} ({role} API) is already in use: stop what listens there "
                 f"(a running server: `make stop`) or change {key} in {config_name}")
+
+
+def require_loopback(address: str) -> str:
+    """`address` (without a trailing /) when its host is a loopback one; PreflightError else."""
+    host = urllib.parse.urlsplit(address).hostname or ""
+    try:
+        is_loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        is_loopback = False
+    if not is_loopback:
+        raise PreflightError(f"management_address {address} is not a loopback address: with "
+                             "enable_model_api=true the management API must stay on 127.0.0.1")
+    return address.rstrip("/")
+
+
+def check_management(properties: dict[str, str]) -> None:
+    """The management API registers and removes models: loopback only while it may."""
+    if properties.get("enable_model_api", "false").lower() == "true":
+        require_loopback(properties.get("management_address", "http://127.0.0.1:8081"))
 
 
 def java_command(environ: dict[str, str] | None = None) -> str | None:

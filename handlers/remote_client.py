@@ -9,8 +9,8 @@ error text and is not sent: TorchServe would refuse it with a 413, or, since url
 whole body before reading the answer, by resetting the connection, which reads as unreachable
 (so a server with a smaller limit needs that limit here).
 
-Inference is idempotent, so a 503 (worker busy or restarting), a 507 or a 500 "Worker died."
-(the worker holding the batch died; the frontend starts a new one) and an unreachable or reset
+Inference is idempotent, so a 503 (worker busy or restarting), a 507 or a 500 "Worker died." /
+"Worker scaled down." (the worker holding the batch went away) and an unreachable or reset
 connection (a server stopping or restarting) are retried, with exponential backoff and jitter;
 any other HTTP status, 413 included, is final. A request that fails gets its error text once
 per image it carried (`server answered 507: ...`, `server unreachable (...)`).
@@ -30,13 +30,16 @@ import numpy as np
 
 MAX_REQUEST_SIZE = 6_553_500  # TorchServe's default max_request_size, in bytes of one body
 RETRIED_STATUSES = frozenset({503, 507})  # worker busy or restarting; its worker died mid-batch
-WORKER_DIED = "Worker died"  # TorchServe's 500 for the requests of a batch whose worker died
+# TorchServe's 500 texts for the requests of a batch whose worker went away: killed, or
+# stopped when its model version was unregistered
+WORKER_GONE = ("Worker died", "Worker scaled down")
 
 
 def worth_retrying(status: int, text: str = "") -> bool:
-    """An answer that a worker restart explains: 503, 507, or TorchServe's 500 "Worker died."
-    (seen for multi-image requests when the worker is killed); never a handler's answer."""
-    return status in RETRIED_STATUSES or (status == 500 and WORKER_DIED in text)
+    """An answer that a worker restart or a rollout explains: 503, 507, or TorchServe's 500
+    "Worker died." (multi-image requests of a killed worker) / "Worker scaled down." (a batch
+    held by a version being unregistered). The handler itself never answers 500."""
+    return status in RETRIED_STATUSES or (status == 500 and any(text_ in text for text_ in WORKER_GONE))
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:

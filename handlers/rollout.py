@@ -9,19 +9,24 @@
 4. drain the old version (its queue empty on two polls in a row, then one batch window more)
    and unregister it.
 `rollback` does 2-4 towards the version served before the current one (its archive stays in
-the store). The versions served so far are listed in STORE/NAME.versions.json; the server
-itself says which one is current.
+the store). STORE/NAME.versions.json is the stack of versions served (locked while a rollout
+or rollback runs); the server itself says which one is current. Version numbers are never
+reused, so model.version names one archive.
 
-The management API answers on loopback only and needs its own token (key_file.json's
-"management" key, never the inference one); config.properties limits registrations to archive
-names in the model store (allowed_urls). A restart serves what config.properties names.
+The management API answers on loopback only (start refuses anything else) and needs its own
+token (key_file.json's "management" key, never the inference one). The archive is built by
+`python -m export.archive` as a separate process: handlers/ imports nothing from export/.
+A restart serves what config.properties names.
 """
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import fcntl
 import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,26 +38,23 @@ from pathlib import Path
 
 import yaml
 
+from handlers.preflight import PreflightError, require_loopback
 from handlers.server import KEY_FILE, KeyFileError, read_key, read_properties
 
 POLL_S = 0.2
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # what export.archive accepts as a model name
 
 
 class RolloutError(RuntimeError):
     """The rollout or rollback did not happen (or was undone); the message says why."""
 
 
-def loopback(address: str) -> str:
-    """`address` when its host is a loopback one; RolloutError otherwise."""
-    host = urllib.parse.urlsplit(address).hostname or ""
-    try:
-        is_loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        is_loopback = False
-    if not is_loopback:
-        raise RolloutError(f"management_address {address} is not a loopback address: "
-                           "the management API must stay on 127.0.0.1")
-    return address.rstrip("/")
+class RolloutFileError(RolloutError):
+    """A file the rollout needs is missing or not what it should be (exit 2)."""
+
+
+class OldVersionLeft(RolloutError):
+    """The new version serves (it is the default), but the old one could not be unregistered."""
 
 
 class Management:
@@ -114,13 +116,19 @@ class History:
         self.path = store / f"{name}.versions.json"
         try:
             self.entries: list[dict] = json.loads(self.path.read_text()) if self.path.is_file() else []
-            assert all({"version", "mar"} <= set(entry) for entry in self.entries)
-        except (ValueError, TypeError, AssertionError):
-            raise RolloutError(f"{self.path} is not a version list written by rollout; "
-                               "move it away to start a new one") from None
+            valid = isinstance(self.entries, list) and all(
+                isinstance(entry, dict) and {"version", "mar"} <= set(entry) for entry in self.entries)
+        except (ValueError, UnicodeDecodeError):
+            valid = False
+        if not valid:
+            raise RolloutFileError(f"{self.path} is not a version list written by rollout; "
+                                   "move it away to start a new one")
 
     def save(self) -> None:
-        self.path.write_text(json.dumps(self.entries, indent=1) + "\n")
+        """Written whole or not at all (a temporary file renamed over it)."""
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.entries, indent=1) + "\n")
+        os.replace(partial, self.path)
 
     def serving(self, version: str, mar: str) -> None:
         """Make the stack end at `version` (what the server says it serves): cut what was
@@ -143,9 +151,9 @@ class Rollout:
     """The steps shared by rollout and rollback, against one server's management API."""
 
     def __init__(self, management: Management, inference_url: str, inference_key: str | None,
-                 name: str, drain_timeout: float, say=print):
+                 name: str, drain_timeout: float, drain_grace: float = 2.0, say=print):
         self.api, self.inference_url, self.inference_key = management, inference_url, inference_key
-        self.name, self.drain_timeout, self.say = name, drain_timeout, say
+        self.name, self.drain_timeout, self.drain_grace, self.say = name, drain_timeout, drain_grace, say
 
     def register(self, mar: str, current: dict) -> str:
         """Register `mar` with `current`'s workers and batching; its version once READY."""
@@ -193,7 +201,9 @@ class Rollout:
 
     def drain(self, version: str, batch_delay_ms: float) -> float:
         """Wait until `version`'s queue is empty on two polls in a row, then one batch window
-        and a poll more (the batch its worker holds); the seconds it took."""
+        and `drain_grace` seconds more: the queue does not count the batch a worker holds, and
+        unregistering answers that batch 500 "Worker scaled down." (set the grace above the
+        model's batch time); the seconds it took."""
         started = time.monotonic()
         empty = 0
         while empty < 2 and time.monotonic() - started < self.drain_timeout:
@@ -202,12 +212,13 @@ class Rollout:
             time.sleep(POLL_S)
         if empty < 2:
             self.say(f"warning: version {version}'s queue not empty after {self.drain_timeout:g} s")
-        time.sleep(batch_delay_ms / 1000 + POLL_S)
+        time.sleep(batch_delay_ms / 1000 + self.drain_grace)
         return time.monotonic() - started
 
     def switch(self, mar: str, shape: tuple[int, int, int]) -> tuple[str, str]:
         """Register `mar`, canary it, make it the default, drain and unregister the old default.
-        (old version, new version)."""
+        (old version, new version). Until the new version is the default every failure
+        unregisters it (RolloutError: nothing changed); after that, OldVersionLeft."""
         current = self.api.describe(self.name)
         old = current.get("modelVersion")
         if not old:
@@ -217,13 +228,21 @@ class Rollout:
         try:
             self.wait_ready(new)
             self.canary(new, shape)
-        except RolloutError:
-            self.api.call("DELETE", f"/models/{self.name}/{new}")
-            raise
-        self.api.call("PUT", f"/models/{self.name}/{new}/set-default")
+            self.api.call("PUT", f"/models/{self.name}/{new}/set-default")
+        except RolloutError as exc:
+            try:
+                self.api.call("DELETE", f"/models/{self.name}/{new}")
+            except RolloutError as cleanup:
+                raise RolloutError(f"{exc}; and unregistering version {new} failed too ({cleanup}): "
+                                   f"version {old} still serves") from None
+            raise RolloutError(f"{exc}; version {new} unregistered, version {old} still serves") from None
         self.say(f"version {new} is the default ({time.monotonic() - started:.1f} s after registering)")
-        drained = self.drain(old, float(current.get("maxBatchDelay", 100)))
-        self.api.call("DELETE", f"/models/{self.name}/{old}")
+        try:
+            drained = self.drain(old, float(current.get("maxBatchDelay", 100)))
+            self.api.call("DELETE", f"/models/{self.name}/{old}")
+        except RolloutError as exc:
+            raise OldVersionLeft(f"version {new} serves, but version {old} is still registered ({exc}); "
+                                 f"unregister it: DELETE /models/{self.name}/{old}") from None
         self.say(f"version {old} drained in {drained:.1f} s and unregistered")
         return old, new
 
@@ -239,28 +258,43 @@ def model_shape(mar: Path) -> tuple[int, int, int]:
     return info.channels, info.height, info.width
 
 
+def build_archive(onnx: Path, name: str, version: str, directory: Path, settings: dict) -> Path:
+    """`python -m export.archive` (contract check included) into `directory`; the .mar, or
+    RolloutFileError with its one-line error."""
+    command = [sys.executable, "-m", "export.archive", str(onnx), "--name", name, "--version", version,
+               "--store", str(directory), "--ort-threads", str(int(settings.get("ort_threads", 1))),
+               "--top-k", str(int(settings.get("top_k", 3)))]
+    result = subprocess.run(command, capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit {result.returncode}"]
+        raise RolloutFileError(lines[-1].removeprefix("error: "))
+    return directory / f"{name}.mar"
+
+
 def rollout(onnx: Path, rolling: Rollout, store: Path) -> str:
     """Archive `onnx` as the next version in `store` and switch to it; the new version."""
-    from export.archive import build_archive
-
     name = rolling.name
     current = rolling.api.describe(name)
     if not current:
         raise RolloutError(f"model {name} is not registered on this server")
     history = History(store, name)
     history.serving(current["modelVersion"], current["modelUrl"])
-    used = [*rolling.api.versions(name), *(e["version"] for e in history.entries)]
-    version = next_version([v for v in used if v.replace(".", "", 1).isdigit()])
-    settings = archive_settings(store / current["modelUrl"])
+    used = [*rolling.api.versions(name), *(e["version"] for e in history.entries),
+            *(path.name[len(name) + 2:-4] for path in store.glob(f"{name}.v*.mar"))]
+    version = next_version([v for v in used if re.fullmatch(r"\d+(\.\d+)?", v)])
     mar = f"{name}.v{version}.mar"
     with tempfile.TemporaryDirectory() as tmp:
-        built = build_archive(onnx, name, version, tmp, ort_threads=int(settings.get("ort_threads", 1)),
-                              top_k=int(settings.get("top_k", 3)))
+        built = build_archive(onnx, name, version, Path(tmp), archive_settings(store / current["modelUrl"]))
         shutil.move(built, store / mar)
     try:
         rolling.switch(mar, model_shape(store / mar))
+    except OldVersionLeft:
+        history.entries.append({"version": version, "mar": mar})
+        history.save()
+        raise
     except RolloutError:
-        (store / mar).unlink(missing_ok=True)  # never served: the next rollout may reuse N
+        (store / mar).unlink(missing_ok=True)  # registered nowhere: switch() unregistered it
         raise
     history.entries.append({"version": version, "mar": mar})
     history.save()
@@ -277,33 +311,63 @@ def rollback(rolling: Rollout, store: Path) -> str:
     target = history.previous()
     if not (store / target["mar"]).is_file():
         raise RolloutError(f"{store / target['mar']} is gone: version {target['version']} cannot be served")
-    rolling.switch(target["mar"], model_shape(store / target["mar"]))
+    try:
+        rolling.switch(target["mar"], model_shape(store / target["mar"]))
+    except OldVersionLeft:
+        history.entries.pop()
+        history.save()
+        raise
     history.entries.pop()
     history.save()
     return target["version"]
 
 
+class Lock:
+    """An exclusive lock on STORE/NAME.versions.lock: one rollout or rollback at a time."""
+
+    def __init__(self, store: Path, name: str):
+        self.path = store / f"{name}.versions.lock"
+
+    def __enter__(self) -> Lock:
+        self.file = open(self.path, "w")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise RolloutError(f"another rollout or rollback of this model runs ({self.path})") from None
+        return self
+
+    def __exit__(self, *_) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
 def main(args: argparse.Namespace, workdir: Path) -> int:
     """`python -m handlers.server rollout|rollback` (parsed there): exit 0, 1 (the server said
-    no, nothing changed) or 2 (bad arguments or files)."""
-    from export.archive import ArchiveError
+    no; the message says what serves) or 2 (bad arguments or files)."""
     from handlers.contract import ModelFileError
 
     try:
+        if not NAME.fullmatch(args.model):
+            raise RolloutFileError(f"--model {args.model!r}: use letters, digits, '_' and '-' only")
+        if args.drain_timeout <= 0 or args.drain_grace < 0:
+            raise RolloutFileError("--drain-timeout must be > 0 and --drain-grace >= 0")
         props = read_properties(Path(args.config))
         if props.get("enable_model_api", "false").lower() != "true":
             raise RolloutError(f"{args.config} has enable_model_api=false: rollouts need the "
                                "management API (loopback only)")
-        management = Management(loopback(props.get("management_address", "http://127.0.0.1:8081")),
-                                read_key(workdir / KEY_FILE, "management"))
+        address = require_loopback(props.get("management_address", "http://127.0.0.1:8081"))
+        management = Management(address, read_key(workdir / KEY_FILE, "management"))
         rolling = Rollout(management, props.get("inference_address", "http://127.0.0.1:8080"),
-                          read_key(workdir / KEY_FILE, "inference"), args.model, args.drain_timeout)
+                          read_key(workdir / KEY_FILE, "inference"), args.model, args.drain_timeout,
+                          args.drain_grace)
         store = workdir / props.get("model_store", "model_store")  # TorchServe's cwd is workdir
-        if args.action == "rollout":
-            version = rollout(Path(args.onnx), rolling, store)
-        else:
-            version = rollback(rolling, store)
-    except (ModelFileError, ArchiveError, KeyFileError, OSError) as exc:
+        if args.action == "rollout" and not Path(args.onnx).is_file():
+            raise RolloutFileError(f"{args.onnx}: no such model file")
+        with Lock(store, args.model):
+            version = rollout(Path(args.onnx), rolling, store) if args.action == "rollout" \
+                else rollback(rolling, store)
+    except (RolloutFileError, ModelFileError, KeyFileError, PreflightError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RolloutError as exc:

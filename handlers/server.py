@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from cli_errors import OneLineErrorParser
-from handlers.preflight import PreflightError, check_java, check_ports
+from handlers.preflight import PreflightError, check_java, check_management, check_ports
 
 BIN = Path(sys.executable).parent
 KEY_FILE = "key_file.json"  # TorchServe writes it in its working directory
@@ -139,10 +139,11 @@ def last_problem(log: Path) -> str:
 
 
 def check_models_loaded(props: dict[str, str], workdir: Path) -> None:
-    """/ping is Healthy with no model at all: ask the management API (when it is on) that every
-    model of load_models is registered; RuntimeError naming the log's reason otherwise."""
+    """/ping is Healthy with no model at all: ask the management API (listing works with the
+    model API off too) that every model of load_models is registered; RuntimeError naming the
+    log's reason otherwise."""
     names = expected_models(props)
-    if not names or props.get("enable_model_api", "false").lower() != "true":
+    if not names:
         return
     key = read_key(workdir / KEY_FILE, "management")
     request = urllib.request.Request(f"{props.get('management_address', 'http://127.0.0.1:8081')}/models",
@@ -171,6 +172,7 @@ def start(config: Path, workdir: Path, env: dict | None = None, timeout: float =
     environment = environment_with(env)
     check_java(environment)
     check_ports(props, config.name)
+    check_management(props)
     (workdir / "logs").mkdir(exist_ok=True)
     launcher_log = workdir / "logs" / "torchserve_start.log"
     command = [str(BIN / "torchserve"), "--start", "--ncs", "--ts-config", str(config.resolve())]
@@ -183,8 +185,12 @@ def start(config: Path, workdir: Path, env: dict | None = None, timeout: float =
         raise RuntimeError(f"torchserve --start failed (exit {result.returncode}): "
                            f"{launcher_log.read_text()[-500:]}")
     url = props.get("inference_address", "http://127.0.0.1:8080")
-    ready = wait_until_ready(url, workdir, timeout)
-    check_models_loaded(props, workdir)
+    try:
+        ready = wait_until_ready(url, workdir, timeout)
+        check_models_loaded(props, workdir)
+    except (TimeoutError, RuntimeError, OSError, KeyFileError) as exc:
+        stop(workdir, env=env, timeout=30)  # no half-started server holding the ports
+        raise RuntimeError(f"{exc} (server stopped)") from None
     return {"inference": url, "metrics": props.get("metrics_address", "http://127.0.0.1:8082"),
             "management": props.get("management_address", "http://127.0.0.1:8081"),
             "key": read_inference_key(workdir / KEY_FILE), "seconds_to_healthy": ready}
@@ -247,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (rolling, rolling_back):
         sub.add_argument("--drain-timeout", type=float, default=30,
                          help="seconds to wait for the old version's queue to empty")
+        sub.add_argument("--drain-grace", type=float, default=2.0,
+                         help="seconds more for the batch the old version's worker holds "
+                              "(above the model's batch time)")
     args = parser.parse_args(argv)
     workdir = Path.cwd()
     if args.action in ("rollout", "rollback"):

@@ -9,13 +9,13 @@ count as a success only when the server answers 400 with a JSON error. The token
 TorchServe's key_file.json.
 
 Like any client of the service, the user tries again an answer of 503 (worker busy or
-restarting), 507 (the worker holding the batch died) or no answer at all (connection refused
-or reset), up to --retries times with doubling, jittered waits (0.1 s, at most 1 s; see
-loadtest/traffic.py: retry_wait). Each such attempt is reported as a success under its own
-name, e.g. `known digit: 507 retried`, so the report counts the retries while the failure
-ratio counts only the requests still failing after the last one. At the end the process exits
-non-zero when the failure ratio or the p95 latency (over every attempt) is above the thresholds
-given.
+restarting), 507 or 500 "Worker died." / "Worker scaled down." (the worker holding the batch
+went away) or no answer at all (connection refused or reset), up to --retries times with
+doubling, jittered waits (0.1 s, at most 1 s; see loadtest/traffic.py: retry_wait). Each such
+attempt is reported as a success under its own name, e.g. `known digit: 507 retried`, so the
+report counts the retries while the failure ratio counts only the requests still failing after
+the last one. At the end the process exits non-zero when the failure ratio or the p95 latency
+(over every attempt) is above the thresholds given.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _arguments(parser):
     parser.add_argument("--key-file", default="key_file.json", help="TorchServe token file")
     parser.add_argument("--model-name", default="opensetmnist")
     parser.add_argument("--retries", type=int, default=3,
-                        help="tries again of a 503, 507 or connection error (0: none)")
+                        help="tries again of a 503, 507, worker-gone 500 or connection error (0: none)")
     parser.add_argument("--max-fail-ratio", type=float, default=0.0)
     parser.add_argument("--max-p95-ms", type=float, default=float("inf"))
 

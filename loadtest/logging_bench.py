@@ -10,7 +10,6 @@ Writes runs/bench_logging/logging.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -20,15 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from handlers.server import LOG_CONFIG, start, stop, write_config  # noqa: E402
+from cli_errors import OneLineErrorParser  # noqa: E402
+from handlers.server import LOG_CONFIG, start, stop  # noqa: E402
 from loadtest.closed_loop import http_load, spread, warm_until_settled  # noqa: E402
+from loadtest.own_server import directory_bytes, own_server_config  # noqa: E402
 from loadtest.traffic import digit_pngs  # noqa: E402
 
 LOGGING = {"torchserve_default": None, "log4j2_xml": LOG_CONFIG}
-
-
-def log_bytes(logs: Path) -> int:
-    return sum(item.stat().st_size for item in logs.rglob("*") if item.is_file())
 
 
 def phase(archive: Path, model: str, log_config: Path | None, pngs: list[bytes], seconds: float,
@@ -38,9 +35,7 @@ def phase(archive: Path, model: str, log_config: Path | None, pngs: list[bytes],
     store, env = workdir / "store", {"TMPDIR": str(workdir)}
     store.mkdir()
     shutil.copy(archive, store)
-    config = write_config(ROOT / "config.properties", workdir / "config.properties",
-                          {"model_store": str(store), "load_models": f"{model}={model}.mar"},
-                          port_offset=10000)
+    config = own_server_config(workdir, store, model)
     try:
         server = start(config, workdir, env=env, timeout=120, log_config=log_config)
         port = int(server["inference"].rsplit(":", 1)[1])
@@ -48,9 +43,9 @@ def phase(archive: Path, model: str, log_config: Path | None, pngs: list[bytes],
         requests = [(png, headers) for png in pngs]
         path = f"/predictions/{model}"
         warm = warm_until_settled(port, path, requests, clients)
-        before = log_bytes(workdir / "logs")
+        before = directory_bytes(workdir / "logs")
         result = http_load(port, path, requests, clients, seconds)
-        written = log_bytes(workdir / "logs") - before
+        written = directory_bytes(workdir / "logs") - before
     finally:
         stop(workdir, env=env)
     shutil.rmtree(workdir, ignore_errors=True)
@@ -59,7 +54,7 @@ def phase(archive: Path, model: str, log_config: Path | None, pngs: list[bytes],
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python loadtest/logging_bench.py", description=__doc__)
+    parser = OneLineErrorParser(prog="python loadtest/logging_bench.py", description=__doc__)
     parser.add_argument("--model", default="opensetmnist")
     parser.add_argument("--store", default="model_store")
     parser.add_argument("--run-dir", default="runs/default", help="the served model's run (its digits)")
@@ -73,6 +68,8 @@ def main() -> int:
         parser.error(f"{archive} not found (make model_store/{args.model}.mar)")
     if args.rounds < 3 or args.seconds <= 0 or args.clients < 1:
         parser.error("--rounds must be >= 3, --seconds and --clients > 0")
+    if not (Path(args.run_dir) / "metrics.json").is_file():
+        parser.error(f"{args.run_dir}/metrics.json not found: --run-dir names the served model's run")
     images = digit_pngs(Path(args.run_dir))
     pngs = images["known"] + images["unknown"]
     phases: dict[str, list[dict]] = {name: [] for name in LOGGING}

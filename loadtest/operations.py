@@ -14,7 +14,6 @@ Writes runs/drills/drills.json and drills.png (requests per 100 ms by outcome, e
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import io
 import json
@@ -30,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from handlers.rollout import Management, Rollout, rollback, rollout  # noqa: E402
-from handlers.server import (KEY_FILE, environment_with, frontend_processes, read_key,  # noqa: E402
-                             start, stop, write_config)
+from cli_errors import OneLineErrorParser  # noqa: E402
+from handlers.server import KEY_FILE, environment_with, frontend_processes, read_key, start, stop  # noqa: E402
+from loadtest.own_server import own_server_config  # noqa: E402
 
 CLIENTS = 8
 WORKER = "model_service_worker"
@@ -39,7 +39,8 @@ WORKER = "model_service_worker"
 
 class Traffic:
     """`clients` closed-loop keep-alive clients POSTing `body` until stopped; every request is
-    recorded as (sent, done, outcome, version): outcome an HTTP status or an exception name."""
+    recorded as (sent, done, outcome, version): outcome an HTTP status (5xx with TorchServe's
+    message, e.g. '500 Worker died.') or an exception name."""
 
     def __init__(self, server: dict, model: str, body: bytes, content_type: str = "image/png",
                  clients: int = CLIENTS):
@@ -64,6 +65,8 @@ class Traffic:
                 outcome: int | str = response.status
                 if response.status == 200:
                     version = json.loads(text).get("model", {}).get("version")
+                elif response.status >= 500:  # TorchServe's own: its message says which fault
+                    outcome = f"{response.status} {json.loads(text).get('message', '')}".strip()
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 outcome = type(exc).__name__
                 connection.close()
@@ -186,15 +189,6 @@ def png_for(onnx: Path) -> bytes:
     return buffer.getvalue()
 
 
-def drill_config(workdir: Path, store: Path, model: str, port_offset: int = 10000) -> Path:
-    """The repo's config.properties for `model` in `store`, ports moved up `port_offset`."""
-    settings = {"defaultVersion": True, "marName": f"{model}.mar", "minWorkers": 1, "maxWorkers": 1,
-                "batchSize": 16, "maxBatchDelay": 5, "responseTimeout": 30}
-    return write_config(ROOT / "config.properties", workdir / "config.properties",
-                        {"model_store": str(store), "load_models": f"{model}={model}.mar",
-                         "models": json.dumps({model: {"1": settings}})}, port_offset=port_offset)
-
-
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -222,7 +216,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> int:
     from export.archive import build_archive
 
-    parser = argparse.ArgumentParser(prog="python loadtest/operations.py", description=__doc__)
+    parser = OneLineErrorParser(prog="python loadtest/operations.py", description=__doc__)
     parser.add_argument("--run-dir", default="runs/default", help="the run whose model.onnx is served")
     parser.add_argument("--out", default="runs/drills")
     args = parser.parse_args()
@@ -235,7 +229,7 @@ def main() -> int:
     store, model, env = workdir / "store", "opensetmnist", {"TMPDIR": str(workdir)}
     build_archive(onnx, model, "1", store, ort_threads=2)
     body = png_for(onnx)
-    config = drill_config(workdir, store, model)
+    config = own_server_config(workdir, store, model)
     results = {}
     try:
         server = start(config, workdir, env=env, timeout=120)

@@ -10,7 +10,6 @@ answer; nothing is retried, so every fault shows. Writes runs/soak/soak.json and
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import random
@@ -26,7 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from handlers.server import environment_with, frontend_processes, start, stop, write_config  # noqa: E402
+from cli_errors import OneLineErrorParser  # noqa: E402
+from handlers.server import environment_with, frontend_processes, start, stop  # noqa: E402
+from loadtest.own_server import directory_bytes, own_server_config  # noqa: E402
 from loadtest.traffic import digit_pngs, parse_mix, pick  # noqa: E402
 
 
@@ -84,10 +85,6 @@ class Soak:
         self.running.clear()
         for thread in self.threads:
             thread.join(timeout=60)
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
 
 
 def resident_mb(env: dict) -> dict[str, float]:
@@ -151,7 +148,7 @@ def plot(samples: list[dict], result: dict, path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python loadtest/soak.py", description=__doc__)
+    parser = OneLineErrorParser(prog="python loadtest/soak.py", description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--window", type=float, default=10.0, help="seconds per sample")
@@ -166,6 +163,8 @@ def main() -> int:
     archive = Path(args.store) / f"{args.model}.mar"
     if not archive.is_file():
         parser.error(f"{archive} not found (make model_store/{args.model}.mar)")
+    if not (Path(args.run_dir) / "metrics.json").is_file():
+        parser.error(f"{args.run_dir}/metrics.json not found: --run-dir names the served model's run")
     try:
         mix = parse_mix(args.mix)
     except ValueError as exc:
@@ -177,9 +176,7 @@ def main() -> int:
     store.mkdir()
     shutil.copy(archive, store)
     env = {"TMPDIR": str(workdir)}
-    config = write_config(ROOT / "config.properties", workdir / "config.properties",
-                          {"model_store": str(store), "load_models": f"{args.model}={args.model}.mar"},
-                          port_offset=10000)
+    config = own_server_config(workdir, store, args.model)
     samples: list[dict] = []
     try:
         server = start(config, workdir, env=env, timeout=120)

@@ -24,7 +24,6 @@ from tests.conftest import ROOT
 
 
 def test_locust_loads_the_locustfile():
-    # -t counts from locust's start, ~2 s of which go to loading the images
     result = subprocess.run([sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py",
                              "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-800:]
