@@ -14,8 +14,9 @@ from tests.helpers import ROOT, TINY_RUN, tiny_spec, training_inputs, write_png 
 
 # `make test-fast` skips tests marked slow (pyproject.toml: starts TorchServe, trains past a few
 # steps, or runs for seconds). Tests mark themselves; every test of the `server` fixture is
-# marked here (test_serving.py: it trains 15 epochs and starts a real TorchServe).
-SLOW_FIXTURES = {"server"}
+# marked here (test_serving.py: it trains 15 epochs and starts a real TorchServe), and of `ops`
+# (test_operations.py: a real TorchServe under load).
+SLOW_FIXTURES = {"server", "ops"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -111,6 +111,7 @@ def flaky_server():
 FLAKY_ANSWERS = (507, 200, None, 200, 503, 503)
 
 
+@pytest.mark.slow  # a locust run of several seconds
 def test_locust_counts_retries_apart_and_fails_only_the_last_answer(tmp_path, flaky_server):
     (tmp_path / "metrics.json").write_text(json.dumps({"known_classes": ["0", "1"],
                                                        "unknown_classes": ["7"]}))

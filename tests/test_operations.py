@@ -157,6 +157,7 @@ def test_rollout_cli_refuses_without_the_management_api(tmp_path, capsys):
 
 # ---- against a server ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_start_names_a_model_that_did_not_load(tmp_path):
     """/ping is Healthy without any model: start asks the management API and says why."""
     store = tmp_path / "store"
