@@ -1,7 +1,8 @@
 """Closed-loop HTTP load against 127.0.0.1, the one load generator of the benchmarks and soak.
 
 `http_load` runs `concurrency` keep-alive clients for a fixed time and returns throughput and
-latency percentiles (answered requests only count as throughput). `warm_until_settled` runs
+latency percentiles (answered requests only count as throughput). `ClientThreads` runs clients
+until told to stop (the drills' and the soak's load). `warm_until_settled` runs
 short windows until two consecutive ones agree, so no phase is measured on a cold JVM or cold
 caches. `spread` summarises one ratio measured over interleaved rounds.
 """
@@ -63,6 +64,30 @@ def http_load(port: int, path: str, requests: list[tuple[bytes, dict[str, str]]]
             "images_per_s": answered * images_per_request / elapsed,
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "p99_ms": float(np.percentile(ms, 99)), "concurrency": concurrency}
+
+
+class ClientThreads:
+    """`clients` threads running `self.client(index)` while `self.running` is set; a context
+    manager: entering starts them, leaving stops and joins them."""
+
+    def __init__(self, clients: int):
+        self.lock, self.running = threading.Lock(), threading.Event()
+        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True)
+                        for i in range(clients)]
+
+    def client(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.running.set()
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.running.clear()
+        for thread in self.threads:
+            thread.join(timeout=60)
 
 
 def settled(rates: list[float], tolerance: float) -> bool:

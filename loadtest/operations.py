@@ -20,7 +20,6 @@ import json
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,28 +30,28 @@ sys.path.insert(0, str(ROOT))
 from handlers.rollout import Management, Rollout, rollback, rollout  # noqa: E402
 from cli_errors import OneLineErrorParser  # noqa: E402
 from handlers.server import KEY_FILE, environment_with, frontend_processes, read_key, start, stop  # noqa: E402
+from loadtest.closed_loop import ClientThreads  # noqa: E402
 from loadtest.own_server import own_server_config  # noqa: E402
 
 CLIENTS = 8
 WORKER = "model_service_worker"
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """`clients` closed-loop keep-alive clients POSTing `body` until stopped; every request is
     recorded as (sent, done, outcome, version): outcome an HTTP status (5xx with TorchServe's
     message, e.g. '500 Worker died.') or an exception name."""
 
     def __init__(self, server: dict, model: str, body: bytes, content_type: str = "image/png",
                  clients: int = CLIENTS):
+        super().__init__(clients)
         self.port = int(server["inference"].rsplit(":", 1)[1])
         self.path = f"/predictions/{model}"
         self.headers = {"Content-Type": content_type, "Authorization": f"Bearer {server['key']}"}
-        self.body, self.clients = body, clients
+        self.body = body
         self.records: list[tuple[float, float, int | str, str | None]] = []
-        self.lock, self.running = threading.Lock(), threading.Event()
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
 
-    def client(self) -> None:
+    def client(self, index: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         mine = []
         while self.running.is_set():
@@ -77,16 +76,8 @@ class Traffic:
         with self.lock:
             self.records.extend(mine)
 
-    def __enter__(self) -> Traffic:
-        self.running.set()
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.running.clear()
-        for thread in self.threads:
-            thread.join(timeout=60)
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
         self.records.sort()
 
 

@@ -16,7 +16,6 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,24 +26,24 @@ sys.path.insert(0, str(ROOT))
 
 from cli_errors import OneLineErrorParser  # noqa: E402
 from handlers.server import environment_with, frontend_processes, start, stop  # noqa: E402
+from loadtest.closed_loop import ClientThreads  # noqa: E402
 from loadtest.own_server import directory_bytes, own_server_config  # noqa: E402
 from loadtest.traffic import digit_pngs, parse_mix, pick  # noqa: E402
 
 
-class Soak:
+class Soak(ClientThreads):
     """USERS client threads; `window()` returns and resets the latencies and failures since
     the last call."""
 
     def __init__(self, port: int, path: str, token: str, images: dict, mix: dict, users: int):
+        super().__init__(users)
         self.port, self.path, self.images, self.mix = port, path, images, mix
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.lock, self.running = threading.Lock(), threading.Event()
         self.latencies: list[float] = []
         self.failures: dict[str, int] = {}
-        self.threads = [threading.Thread(target=self.user, args=(i,), daemon=True) for i in range(users)]
 
-    def user(self, seed: int) -> None:
-        rng = random.Random(seed)
+    def client(self, index: int) -> None:
+        rng = random.Random(index)
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         while self.running.is_set():
             kind = pick(self.mix, rng)
@@ -74,17 +73,6 @@ class Soak:
             latencies, failures = self.latencies, self.failures
             self.latencies, self.failures = [], {}
         return latencies, failures
-
-    def __enter__(self) -> Soak:
-        self.running.set()
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.running.clear()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 def resident_mb(env: dict) -> dict[str, float]:

@@ -1,10 +1,15 @@
 """What several test modules share (fixtures are in conftest.py): the tiny model and run,
-running a CLI in-process, stand-in run directories, and a run's open-set figures recomputed
-from its saved model and split."""
+running a CLI in-process, stand-in run directories, a run's open-set figures recomputed
+from its saved model and split, and HTTP: a request's JSON answer, a stub JSON server."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +103,50 @@ def write_png(path: Path, value: int) -> None:
     from PIL import Image
 
     Image.fromarray(np.full((8, 8), value, np.uint8), "L").save(path)
+
+
+def json_answer(request: urllib.request.Request, timeout: float = 30) -> tuple[int, dict]:
+    """(status, decoded JSON) of a request, error statuses included; a body that is not JSON
+    comes back as {"raw": text}."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        text = error.read()
+        try:
+            return error.code, json.loads(text)
+        except ValueError:
+            return error.code, {"raw": text.decode(errors="replace")}
+
+
+@contextmanager
+def stub_json_server(answer: Callable[[BaseHTTPRequestHandler, bytes], tuple[int | None, object]]
+                     ) -> Iterator[str]:
+    """A stand-in HTTP server on 127.0.0.1 (its URL): each POST is answered `answer(handler,
+    body)` -> (status, JSON-able); a status of None closes the connection without an answer,
+    as a stopping server does."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status, reply = answer(self, body)
+            if status is None:
+                self.close_connection = True
+                return
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

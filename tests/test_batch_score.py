@@ -6,8 +6,6 @@ import csv
 import json
 import random
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +17,7 @@ from handlers.batch_writer import COLUMNS, RowWriter
 from handlers.decode import Shape
 from handlers.predictor import Predictor
 from handlers.remote_client import MAX_REQUEST_SIZE, RemoteScorer, backoff_s
-from tests.helpers import write_png
+from tests.helpers import stub_json_server, write_png
 
 SHAPE = Shape(1, 8, 8)
 
@@ -199,31 +197,14 @@ def stub_server():
     status of None closes the connection without an answer, as a stopping server does."""
     replies, requests = [], []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            requests.append({"path": self.path, "authorization": self.headers["Authorization"],
-                             "body": body})
-            status, reply = replies.pop(0) if len(replies) > 1 else replies[0]
-            if status is None:
-                self.close_connection = True
-                return
-            data = json.dumps(reply(body) if callable(reply) else reply).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(handler, body):
+        requests.append({"path": handler.path, "authorization": handler.headers["Authorization"],
+                         "body": body})
+        status, reply = replies.pop(0) if len(replies) > 1 else replies[0]
+        return status, reply(body) if callable(reply) and status is not None else reply
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"url": f"http://127.0.0.1:{server.server_port}", "replies": replies,
-           "requests": requests}
-    server.shutdown()
-    server.server_close()
+    with stub_json_server(answer) as url:
+        yield {"url": url, "replies": replies, "requests": requests}
 
 
 def test_remote_client_retries_503_and_sends_the_payloads(stub_server):

@@ -11,8 +11,6 @@ import json
 import random
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from PIL import Image
 from handlers.remote_client import backoff_s
 from loadtest.traffic import KINDS, NO_ANSWER, digit_pngs, parse_mix, pick, retry_wait
 from tests.conftest import ROOT
+from tests.helpers import stub_json_server
 
 
 def test_locust_loads_the_locustfile():
@@ -83,28 +82,12 @@ def flaky_server():
     connection without an answer."""
     count = itertools.count()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            status = FLAKY_ANSWERS[next(count) % len(FLAKY_ANSWERS)]
-            if status is None:
-                self.close_connection = True
-                return
-            data = json.dumps({"unknown_score": 0.5} if status == 200 else {"code": status}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(handler, body):
+        status = FLAKY_ANSWERS[next(count) % len(FLAKY_ANSWERS)]
+        return status, {"unknown_score": 0.5} if status == 200 else {"code": status}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with stub_json_server(answer) as url:
+        yield url
 
 
 # with one user and --retries 1, requests go: 507 then 200; no answer then 200; 503 then 503

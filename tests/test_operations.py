@@ -35,7 +35,7 @@ from handlers.server import main as server_main
 from loadtest.operations import Traffic, png_for, rollout_drill, stop_drill, worker_kill_drill
 from loadtest.own_server import own_server_config
 from tests.conftest import ROOT
-from tests.helpers import exit_code
+from tests.helpers import exit_code, json_answer
 
 MODEL = "ops"
 SIZE_UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
@@ -191,15 +191,7 @@ def ops(tmp_path_factory, runs):
 def post(server: dict, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
     request = urllib.request.Request(f"{server['inference']}/predictions/{MODEL}", data=body,
                                      headers={"Authorization": f"Bearer {server['key']}", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        text = error.read()
-        try:
-            return error.code, json.loads(text)
-        except ValueError:
-            return error.code, {"raw": text.decode(errors="replace")}
+    return json_answer(request)
 
 
 def png_size(png: bytes) -> tuple[int, int]:

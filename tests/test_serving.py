@@ -29,6 +29,7 @@ from handlers.remote_client import RemoteScorer
 from handlers.server import (KeyFileError, read_inference_key, read_properties, start, stop,
                              write_config)
 from tests.conftest import ROOT
+from tests.helpers import json_answer
 from train.cli import main as train_main
 from data.datasets import load_dataset
 
@@ -91,15 +92,7 @@ def call(server, body: bytes | None, content_type: str = "application/octet-stre
                                                              **(headers or {})})
     if token:
         request.add_header("Authorization", f"Bearer {server['key']}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        text = error.read()
-        try:
-            return error.code, json.loads(text)
-        except ValueError:
-            return error.code, {"raw": text.decode(errors="replace")}
+    return json_answer(request)
 
 
 def digits_png(classes, count: int) -> list[bytes]:
