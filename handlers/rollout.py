@@ -10,8 +10,8 @@
    and unregister it.
 `rollback` does 2-4 towards the version served before the current one (its archive stays in
 the store). STORE/NAME.versions.json is the stack of versions served (locked while a rollout
-or rollback runs); the server itself says which one is current. Version numbers are never
-reused, so model.version names one archive.
+or rollback runs); the server itself says which one is current. A version number that served
+is never given out again, so model.version names one archive.
 
 The management API answers on loopback only (start refuses anything else) and needs its own
 token (key_file.json's "management" key, never the inference one). The archive is built by
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -55,6 +56,11 @@ class RolloutFileError(RolloutError):
 
 class OldVersionLeft(RolloutError):
     """The new version serves (it is the default), but the old one could not be unregistered."""
+
+
+class UndoFailed(RolloutError):
+    """The new version failed before serving, and unregistering it failed too: it is still
+    registered (not the default), so its archive stays."""
 
 
 class Management:
@@ -156,20 +162,36 @@ class Rollout:
         self.name, self.drain_timeout, self.drain_grace, self.say = name, drain_timeout, drain_grace, say
 
     def register(self, mar: str, current: dict) -> str:
-        """Register `mar` with `current`'s workers and batching; its version once READY."""
+        """Register `mar` with `current`'s workers and batching; its version."""
         workers = max(1, int(current.get("minWorkers", 1)))
         answer = self.api.call("POST", "/models", {
             "url": mar, "model_name": self.name, "initial_workers": workers,
             "batch_size": current.get("batchSize", 1), "max_batch_delay": current.get("maxBatchDelay", 100),
             "response_timeout": current.get("responseTimeout", 120), "synchronous": "true"})
         self.say(f"registered {mar}: {answer.get('status', answer) if isinstance(answer, dict) else answer}")
-        return self.version_of(mar)
+        version = self.version_of(mar)
+        if version is None:
+            raise RolloutError(f"{mar} is not among {self.name}'s registered versions")
+        return version
 
-    def version_of(self, mar: str) -> str:
+    def version_of(self, mar: str) -> str | None:
+        """The registered version served from archive `mar`, or None."""
         for entry in self.api.call("GET", f"/models/{self.name}/all"):
             if entry.get("modelUrl") == mar:
                 return entry["modelVersion"]
-        raise RolloutError(f"{mar} is not among {self.name}'s registered versions")
+        return None
+
+    def undo(self, mar: str, old: str, reason: BaseException) -> RolloutError:
+        """Unregister whatever of `mar` got registered; the error that says what serves."""
+        text = str(reason) if isinstance(reason, RolloutError) else f"interrupted ({type(reason).__name__})"
+        try:
+            new = self.version_of(mar)
+            if new is not None:
+                self.api.call("DELETE", f"/models/{self.name}/{new}")
+        except RolloutError as cleanup:
+            return UndoFailed(f"{text}; and unregistering {mar} failed too ({cleanup}): version {old} "
+                              f"still serves, {mar} may still be registered (not the default)")
+        return RolloutError(f"{text}; {mar} unregistered, version {old} still serves")
 
     def wait_ready(self, version: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -217,30 +239,29 @@ class Rollout:
 
     def switch(self, mar: str, shape: tuple[int, int, int]) -> tuple[str, str]:
         """Register `mar`, canary it, make it the default, drain and unregister the old default.
-        (old version, new version). Until the new version is the default every failure
-        unregisters it (RolloutError: nothing changed); after that, OldVersionLeft."""
+        (old version, new version). Until the new version is the default any failure, an
+        interrupt included, unregisters it (RolloutError: the old version serves; UndoFailed
+        when that failed too); after that, OldVersionLeft."""
         current = self.api.describe(self.name)
         old = current.get("modelVersion")
         if not old:
             raise RolloutError(f"model {self.name} is not registered on this server")
         started = time.monotonic()
-        new = self.register(mar, current)
         try:
+            new = self.register(mar, current)
             self.wait_ready(new)
             self.canary(new, shape)
             self.api.call("PUT", f"/models/{self.name}/{new}/set-default")
-        except RolloutError as exc:
-            try:
-                self.api.call("DELETE", f"/models/{self.name}/{new}")
-            except RolloutError as cleanup:
-                raise RolloutError(f"{exc}; and unregistering version {new} failed too ({cleanup}): "
-                                   f"version {old} still serves") from None
-            raise RolloutError(f"{exc}; version {new} unregistered, version {old} still serves") from None
+        except BaseException as exc:
+            error = self.undo(mar, old, exc)
+            if isinstance(exc, Exception):
+                raise error from None
+            raise
         self.say(f"version {new} is the default ({time.monotonic() - started:.1f} s after registering)")
         try:
             drained = self.drain(old, float(current.get("maxBatchDelay", 100)))
             self.api.call("DELETE", f"/models/{self.name}/{old}")
-        except RolloutError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it was, version `new` serves now
             raise OldVersionLeft(f"version {new} serves, but version {old} is still registered ({exc}); "
                                  f"unregister it: DELETE /models/{self.name}/{old}") from None
         self.say(f"version {old} drained in {drained:.1f} s and unregistered")
@@ -261,8 +282,9 @@ def model_shape(mar: Path) -> tuple[int, int, int]:
 def build_archive(onnx: Path, name: str, version: str, directory: Path, settings: dict) -> Path:
     """`python -m export.archive` (contract check included) into `directory`; the .mar, or
     RolloutFileError with its one-line error."""
-    command = [sys.executable, "-m", "export.archive", str(onnx), "--name", name, "--version", version,
-               "--store", str(directory), "--ort-threads", str(int(settings.get("ort_threads", 1))),
+    command = [sys.executable, "-m", "export.archive", str(onnx.resolve()), "--name", name,
+               "--version", version, "--store", str(directory),
+               "--ort-threads", str(int(settings.get("ort_threads", 1))),
                "--top-k", str(int(settings.get("top_k", 3)))]
     result = subprocess.run(command, capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
@@ -293,7 +315,9 @@ def rollout(onnx: Path, rolling: Rollout, store: Path) -> str:
         history.entries.append({"version": version, "mar": mar})
         history.save()
         raise
-    except RolloutError:
+    except UndoFailed:
+        raise  # still registered: its archive stays
+    except BaseException:
         (store / mar).unlink(missing_ok=True)  # registered nowhere: switch() unregistered it
         raise
     history.entries.append({"version": version, "mar": mar})
@@ -350,12 +374,12 @@ def main(args: argparse.Namespace, workdir: Path) -> int:
     try:
         if not NAME.fullmatch(args.model):
             raise RolloutFileError(f"--model {args.model!r}: use letters, digits, '_' and '-' only")
-        if args.drain_timeout <= 0 or args.drain_grace < 0:
-            raise RolloutFileError("--drain-timeout must be > 0 and --drain-grace >= 0")
+        if not (0 < args.drain_timeout < math.inf and 0 <= args.drain_grace < math.inf):
+            raise RolloutFileError("--drain-timeout must be a number > 0 and --drain-grace >= 0")
         props = read_properties(Path(args.config))
         if props.get("enable_model_api", "false").lower() != "true":
-            raise RolloutError(f"{args.config} has enable_model_api=false: rollouts need the "
-                               "management API (loopback only)")
+            raise RolloutFileError(f"{args.config} has enable_model_api=false: rollouts need the "
+                                   "management API (loopback only)")
         address = require_loopback(props.get("management_address", "http://127.0.0.1:8081"))
         management = Management(address, read_key(workdir / KEY_FILE, "management"))
         rolling = Rollout(management, props.get("inference_address", "http://127.0.0.1:8080"),
@@ -372,6 +396,9 @@ def main(args: argparse.Namespace, workdir: Path) -> int:
         return 2
     except RolloutError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (see the server's versions: GET /models/NAME/all)", file=sys.stderr)
         return 1
     print(f"{args.model} now served by version {version}")
     return 0

@@ -188,9 +188,11 @@ def start(config: Path, workdir: Path, env: dict | None = None, timeout: float =
     try:
         ready = wait_until_ready(url, workdir, timeout)
         check_models_loaded(props, workdir)
-    except (TimeoutError, RuntimeError, OSError, KeyFileError) as exc:
-        stop(workdir, env=env, timeout=30)  # no half-started server holding the ports
-        raise RuntimeError(f"{exc} (server stopped)") from None
+    except BaseException as exc:  # no half-started server holding the ports
+        stop(workdir, env=env, timeout=30)
+        if isinstance(exc, (TimeoutError, RuntimeError, OSError, KeyFileError, ValueError, KeyError)):
+            raise RuntimeError(f"{exc} (server stopped)") from None
+        raise
     return {"inference": url, "metrics": props.get("metrics_address", "http://127.0.0.1:8082"),
             "management": props.get("management_address", "http://127.0.0.1:8081"),
             "key": read_inference_key(workdir / KEY_FILE), "seconds_to_healthy": ready}
@@ -212,28 +214,35 @@ def frontend_processes(environment: dict[str, str]) -> list:
 
 
 def stop(workdir: Path, env: dict | None = None, timeout: float = 30) -> dict:
-    """Graceful, bounded stop: SIGTERM (torchserve --stop); TorchServe closes its listeners,
-    answers the requests in flight and exits. Whatever is left of it after `timeout` seconds
-    (frontend or workers) is killed. Returns the seconds it took and how many were killed."""
+    """Graceful, bounded stop: SIGTERM to the frontend (what torchserve --stop sends); TorchServe
+    closes its listeners, answers the requests in flight and exits. Whatever is left of it after
+    `timeout` seconds (frontend or workers) is killed. Returns the seconds it took, how many
+    processes were found and killed, and `signalled_at` (time.perf_counter() of the SIGTERM)."""
     import psutil
 
     environment = environment_with(env)
     processes = frontend_processes(environment)
     started = time.perf_counter()
+    if not processes:  # nothing of ours runs: let the launcher clear a stale pid file
+        subprocess.run([str(BIN / "torchserve"), "--stop"], cwd=workdir, env=environment,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        return {"seconds": time.perf_counter() - started, "found": 0, "killed": 0, "signalled_at": None}
     try:
-        subprocess.run([str(BIN / "torchserve"), "--stop", "--foreground"], cwd=workdir,
-                       env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=timeout)
-    except subprocess.TimeoutExpired:
+        processes[0].terminate()
+    except psutil.Error:
         pass
-    _, alive = psutil.wait_procs(processes, timeout=max(0.0, timeout - (time.perf_counter() - started)))
+    signalled_at = time.perf_counter()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:
         try:
             process.kill()
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=5)
-    return {"seconds": time.perf_counter() - started, "found": len(processes), "killed": len(alive)}
+    (workdir / KEY_FILE).unlink(missing_ok=True)  # as torchserve --stop does: stale tokens
+    (Path(environment.get("TMPDIR") or tempfile.gettempdir()) / PID_FILE).unlink(missing_ok=True)
+    return {"seconds": time.perf_counter() - started, "found": len(processes), "killed": len(alive),
+            "signalled_at": signalled_at}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return rollout_main(args, workdir)
     if args.action == "stop":
-        if args.timeout <= 0:
-            parser.error("--timeout must be > 0")
+        if not 0 < args.timeout < float("inf"):
+            parser.error("--timeout must be a number of seconds > 0")
         result = stop(workdir, timeout=args.timeout)
         if not result["found"]:
             print("TorchServe is not running")

@@ -7,8 +7,8 @@ clients sending single PNGs and recording every request (sent, done, status, mod
   sent after the kill is answered, failures after that;
 - rollout: `handlers.rollout` switches to a new version (the same .onnx archived as version
   N+1) and back (rollback) mid-load; failed requests and which version answered, over time;
-- stop: `handlers.server.stop` mid-load; what happened to the requests in flight at that moment
-  and to those sent after it.
+- stop: `handlers.server.stop` mid-load; what happened to the requests in flight when its
+  SIGTERM went out and to those sent after it.
 The tests (tests/test_operations.py) run the same drills on a tiny model and assert on them.
 Writes runs/drills/drills.json and drills.png (requests per 100 ms by outcome, events marked).
 """
@@ -138,20 +138,20 @@ def rollout_drill(server: dict, workdir: Path, store: Path, model: str, onnx: Pa
 
 def stop_drill(workdir: Path, env: dict, server: dict, model: str, body: bytes,
                before: float = 2.0, timeout: float = 30) -> dict:
-    """stop() under load: the requests in flight at that moment, and those sent after it."""
+    """stop() under load: the requests in flight when the SIGTERM went out (sent before it,
+    answered or failed after it), and those sent after it."""
     with Traffic(server, model, body) as traffic:
         time.sleep(before)
-        stopping = time.perf_counter()
         result = stop(workdir, env=env, timeout=timeout)
         time.sleep(0.5)
-    records = traffic.records
-    in_flight = [r for r in records if r[0] < stopping <= r[1]]
-    after = [r for r in records if r[0] >= stopping]
+    records, signalled = traffic.records, result["signalled_at"]
+    in_flight = [r for r in records if r[0] < signalled <= r[1]]
+    after = [r for r in records if r[0] >= signalled]
     return {"stop_seconds": result["seconds"], "processes_killed": result["killed"],
-            "in_flight_at_stop": dict(Counter(str(r[2]) for r in in_flight)),
-            "sent_after_stop_began": dict(Counter(str(r[2]) for r in after)),
-            "failed_before_stop": sum(failures([r for r in records if r[1] < stopping]).values()),
-            "timeline": timeline(records, stopping, {"stop": 0.0})}
+            "in_flight_at_signal": dict(Counter(str(r[2]) for r in in_flight)),
+            "sent_after_signal": dict(Counter(str(r[2]) for r in after)),
+            "failed_before_signal": sum(failures([r for r in records if r[1] < signalled]).values()),
+            "timeline": timeline(records, signalled, {"SIGTERM": 0.0})}
 
 
 def timeline(records: list, origin: float, events: dict[str, float], step: float = 0.1) -> dict:

@@ -363,3 +363,10 @@ def test_a_key_file_that_is_not_torchserves_is_refused(runs, folder, tmp_path, c
     assert capsys.readouterr().err == \
         f"error: --key-file {key_file}: not TorchServe's key_file.json\n"
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_version_being_unregistered_is_retried_too():
+    from handlers.remote_client import worth_retrying
+
+    scaled_down = '{"code": 500, "type": "InternalServerException", "message": "Worker scaled down."}'
+    assert worth_retrying(500, scaled_down)
