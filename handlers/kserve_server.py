@@ -50,6 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from cli_errors import OneLineErrorParser, UserError  # noqa: E402
 from handlers.contract import ModelFileError, load_model  # noqa: E402
 from handlers.kserve_predictor import OpenSetModel, count_bad_request  # noqa: E402
+from handlers.preflight import port_is_free  # noqa: E402
 
 sys.argv = _ARGV
 
@@ -350,15 +351,11 @@ def _ipv6_works() -> bool:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """UserError naming the address when something already listens there."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and gRPC bind
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise UserError(f"{host}:{port} is not free ({error.strerror}); stop what uses it or pick "
-                            "another port (--http-port / --grpc-port, or `make serve-kserve "
-                            "KSERVE_PORT=...`)") from None
+    """UserError naming the address when something already listens there (the probe binds
+    with SO_REUSEADDR, as uvicorn and gRPC do)."""
+    if not port_is_free(host, port):
+        raise UserError(f"{host}:{port} is not free; stop what uses it or pick another port "
+                        "(--http-port / --grpc-port, or `make serve-kserve KSERVE_PORT=...`)")
 
 
 def wait_until_ready(url: str, name: str, process: subprocess.Popen, timeout: float) -> float:

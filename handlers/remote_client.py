@@ -37,8 +37,9 @@ WORKER_GONE = ("Worker died", "Worker scaled down")
 
 def worth_retrying(status: int, text: str = "") -> bool:
     """An answer that a worker restart or a rollout explains: 503, 507, or TorchServe's 500
-    "Worker died." (multi-image requests of a killed worker) / "Worker scaled down." (a batch
-    held by a version being unregistered). The handler itself never answers 500."""
+    "Worker died." (the batch of a killed worker; 507 for the same, depending on timing) /
+    "Worker scaled down." (a batch held by a version being unregistered). The handler itself
+    never answers 500."""
     return status in RETRIED_STATUSES or (status == 500 and any(text_ in text for text_ in WORKER_GONE))
 
 

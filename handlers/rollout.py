@@ -309,12 +309,11 @@ def rollout(onnx: Path, rolling: Rollout, store: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         built = build_archive(onnx, name, version, Path(tmp), archive_settings(store / current["modelUrl"]))
         shutil.move(built, store / mar)
+    left = None
     try:
         rolling.switch(mar, model_shape(store / mar))
-    except OldVersionLeft:
-        history.entries.append({"version": version, "mar": mar})
-        history.save()
-        raise
+    except OldVersionLeft as exc:
+        left = exc  # the new version serves: recorded below all the same
     except UndoFailed:
         raise  # still registered: its archive stays
     except BaseException:
@@ -322,6 +321,8 @@ def rollout(onnx: Path, rolling: Rollout, store: Path) -> str:
         raise
     history.entries.append({"version": version, "mar": mar})
     history.save()
+    if left:
+        raise left
     return version
 
 
@@ -335,14 +336,15 @@ def rollback(rolling: Rollout, store: Path) -> str:
     target = history.previous()
     if not (store / target["mar"]).is_file():
         raise RolloutError(f"{store / target['mar']} is gone: version {target['version']} cannot be served")
+    left = None
     try:
         rolling.switch(target["mar"], model_shape(store / target["mar"]))
-    except OldVersionLeft:
-        history.entries.pop()
-        history.save()
-        raise
+    except OldVersionLeft as exc:
+        left = exc  # the target serves: recorded below all the same
     history.entries.pop()
     history.save()
+    if left:
+        raise left
     return target["version"]
 
 

@@ -198,14 +198,18 @@ def start(config: Path, workdir: Path, env: dict | None = None, timeout: float =
             "key": read_inference_key(workdir / KEY_FILE), "seconds_to_healthy": ready}
 
 
+def pid_file(environment: dict[str, str]) -> Path:
+    """TorchServe's launcher writes the frontend's pid to $TMPDIR/.model_server.pid."""
+    return Path(environment.get("TMPDIR") or tempfile.gettempdir()) / PID_FILE
+
+
 def frontend_processes(environment: dict[str, str]) -> list:
     """The running TorchServe frontend of this $TMPDIR (its pid file) and its workers; [] when
     none runs. psutil comes with torchserve."""
     import psutil
 
-    pid_file = Path(environment.get("TMPDIR") or tempfile.gettempdir()) / PID_FILE
     try:
-        frontend = psutil.Process(int(pid_file.read_text().split()[0]))
+        frontend = psutil.Process(int(pid_file(environment).read_text().split()[0]))
         if FRONTEND not in frontend.cmdline():  # a stale pid file, the pid now someone else's
             return []
         return [frontend, *frontend.children(recursive=True)]
@@ -240,7 +244,7 @@ def stop(workdir: Path, env: dict | None = None, timeout: float = 30) -> dict:
             pass
     psutil.wait_procs(alive, timeout=5)
     (workdir / KEY_FILE).unlink(missing_ok=True)  # as torchserve --stop does: stale tokens
-    (Path(environment.get("TMPDIR") or tempfile.gettempdir()) / PID_FILE).unlink(missing_ok=True)
+    pid_file(environment).unlink(missing_ok=True)
     return {"seconds": time.perf_counter() - started, "found": len(processes), "killed": len(alive),
             "signalled_at": signalled_at}
 

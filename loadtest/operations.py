@@ -97,11 +97,11 @@ def worker_kill_drill(server: dict, env: dict, model: str, body: bytes, before: 
         for worker in workers:
             worker.send_signal(signal.SIGKILL)
         time.sleep(after)
-    records = traffic.records
+    records, failed = traffic.records, failures(traffic.records)
     recovered = next((r for r in records if r[0] >= killed_at and r[2] == 200), None)
     recovery = recovered[1] if recovered else float("inf")
     return {"workers_killed": len(workers), "requests": len(records),
-            "failed": dict(failures(records)), "failed_total": sum(failures(records).values()),
+            "failed": dict(failed), "failed_total": sum(failed.values()),
             "recovery_s": recovery - killed_at,
             "failed_after_recovery": sum(failures(records, recovery).values()),
             "timeline": timeline(records, killed_at, {"worker killed": 0.0})}
@@ -125,11 +125,11 @@ def rollout_drill(server: dict, workdir: Path, store: Path, model: str, onnx: Pa
         old = rollback(rolling, store)
         events["rolled back"] = time.perf_counter() - started
         time.sleep(settle)
-    records = traffic.records
+    records, failed = traffic.records, failures(traffic.records)
     first_new = next((r[1] for r in records if r[3] == new), None)
     last_new = max((r[1] for r in records if r[3] == new), default=None)
-    return {"requests": len(records), "failed": dict(failures(records)),
-            "failed_total": sum(failures(records).values()), "versions": {"before": old, "new": new},
+    return {"requests": len(records), "failed": dict(failed),
+            "failed_total": sum(failed.values()), "versions": {"before": old, "new": new},
             "answered_by": dict(Counter(r[3] for r in records if r[2] == 200)),
             "new_version_first_answer_s": None if first_new is None else first_new - started,
             "new_version_last_answer_s": None if last_new is None else last_new - started,
@@ -156,11 +156,10 @@ def stop_drill(workdir: Path, env: dict, server: dict, model: str, body: bytes,
 
 def timeline(records: list, origin: float, events: dict[str, float], step: float = 0.1) -> dict:
     """Requests finished per `step` seconds by outcome (200 per version), times from `origin`."""
-    buckets: dict[str, dict[int, int]] = {}
+    buckets: dict[str, Counter] = {}
     for _sent, done, outcome, version in records:
         key = f"200 v{version}" if outcome == 200 else str(outcome)
-        index = int((done - origin) // step)
-        buckets.setdefault(key, {})[index] = buckets.setdefault(key, {}).get(index, 0) + 1
+        buckets.setdefault(key, Counter())[int((done - origin) // step)] += 1
     return {"step_s": step, "events_s": events,
             "series": {key: sorted(counts.items()) for key, counts in buckets.items()}}
 
@@ -173,8 +172,9 @@ def png_for(onnx: Path) -> bytes:
     from handlers.contract import load_model
 
     _, info = load_model(onnx, providers=["CPUExecutionProvider"])
-    pixels = np.full((info.height, info.width, info.channels), 128, np.uint8).squeeze(-1) \
-        if info.channels == 1 else np.full((info.height, info.width, info.channels), 128, np.uint8)
+    pixels = np.full((info.height, info.width, info.channels), 128, np.uint8)
+    if info.channels == 1:
+        pixels = pixels[..., 0]  # PIL's grey images are H x W
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -77,12 +77,13 @@ class Soak(ClientThreads):
 
 def resident_mb(env: dict) -> dict[str, float]:
     """RSS of the frontend (the JVM) and the sum over its workers, in MB."""
-    processes = frontend_processes(environment_with(env))
+    import psutil
+
     rss = []
-    for process in processes:
+    for process in frontend_processes(environment_with(env)):
         try:
             rss.append(process.memory_info().rss / 2**20)
-        except Exception:  # noqa: BLE001 - psutil.Error: a worker that just went away
+        except psutil.Error:  # a worker that just went away
             rss.append(0.0)
     return {"frontend_mb": rss[0] if rss else 0.0, "workers_mb": sum(rss[1:]),
             "workers": max(len(rss) - 1, 0)}

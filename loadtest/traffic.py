@@ -60,8 +60,8 @@ def pick(mix: dict[str, float], rng: random.Random = random) -> str:
 def retry_wait(status: int, retries_done: int, retries: int = 3, base_s: float = 0.1,
                cap_s: float = 1.0, rng: random.Random = random, text: str = "") -> float | None:
     """Seconds to wait before trying again a request answered `status` after `retries_done`
-    retries, or None when that answer is final. 503 (busy), 507 or 500 "Worker died." (its
-    worker died; `text` is the answer's body) and no answer
+    retries, or None when that answer is final. What the remote client retries (its
+    worth_retrying: 503, 507, a worker-gone 500; `text` is the answer's body) and no answer
     are retried up to `retries` times, with the remote client's jittered doubling waits:
     inference is idempotent, and a user of the service would retry them too."""
     if (not worth_retrying(status, text) and status != NO_ANSWER) or retries_done >= retries:
