@@ -1,12 +1,15 @@
 """Feature extractors: images (normalised) -> embedding z, B x D.
 
 The embedding is the globally average-pooled output of the last ReLU block (non-negative),
-as in the official ARPL networks; heads sit directly on it.
+as in the official ARPL networks; heads sit directly on it. The imagenet_resnet* entries take
+torchvision's parameter names, so torchvision weights load into them (models/pretrained.py).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from models.imagenet_resnet import imagenet_resnet18, imagenet_resnet34
 
 
 def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -81,4 +84,5 @@ class CifarResNet18(nn.Module):
         return self.features(x)  # B x D, D = embed_dim
 
 
-BACKBONES = {"small_cnn": SmallCNN, "resnet18": CifarResNet18}
+BACKBONES = {"small_cnn": SmallCNN, "resnet18": CifarResNet18,
+             "imagenet_resnet18": imagenet_resnet18, "imagenet_resnet34": imagenet_resnet34}
