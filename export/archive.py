@@ -20,7 +20,7 @@ from cli_errors import OneLineErrorParser
 from handlers.contract import ModelFileError, load_model
 
 HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
-SERVING_MODULES = ("__init__.py", "contract.py", "decode.py", "predictor.py")
+SERVING_MODULES = ("__init__.py", "contract.py", "decode.py", "predictor.py", "resize.py")
 
 
 class ArchiveError(Exception):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import torch
 
-from handlers.contract import CONTRACT_VERSION, load_model
+from handlers.contract import CONTRACT_VERSION, RESIZE_INTERPOLATION, load_model
 from models import AggregatedClassifier
 from models.export_wrapper import ContractModel
 from rundir import RunDirectory
@@ -93,13 +93,16 @@ def metadata(checkpoint: dict, metrics: dict, model_version: str, source: str,
     """The contract's metadata_props, every value a JSON string."""
     spec = checkpoint["model_spec"]
     selection = score_selection(spec, "reciprocal_score" in output_names)
+    input_spec = {"channels": checkpoint["input_shape"][0], "height": checkpoint["input_shape"][1],
+                  "width": checkpoint["input_shape"][2], "layout": "NCHW", "dtype": "float32",
+                  "range": [0.0, 1.0], "normalisation": "inside the graph"}
+    if checkpoint.get("resize_policy") is not None:  # runs before the field: no policy recorded
+        input_spec["resize"] = {"policy": checkpoint["resize_policy"],
+                                "interpolation": RESIZE_INTERPOLATION}
     values = {
         "contract_version": CONTRACT_VERSION,
         "class_names": checkpoint["class_names"],
-        "input_spec": {"channels": checkpoint["input_shape"][0],
-                       "height": checkpoint["input_shape"][1],
-                       "width": checkpoint["input_shape"][2], "layout": "NCHW", "dtype": "float32",
-                       "range": [0.0, 1.0], "normalisation": "inside the graph"},
+        "input_spec": input_spec,
         "method": checkpoint["method"],
         "score": selection["unknown_score"],
         "score_selection": selection,

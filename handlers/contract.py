@@ -6,8 +6,12 @@ from a post-hoc detector inside the graph), and for reciprocal-point models
 `reciprocal_score` [batch] (the reciprocal-distance score, served next to the deciding one) and
 `distances` [batch, K]; metadata_props with the class names, input spec, method, the deciding
 `score`'s name, calibrated threshold, metrics and version (optionally `score_selection`: how
-the deciding score was chosen), as JSON strings. A file that breaks any of this is refused
-with a message that names the problem.
+the deciding score was chosen), as JSON strings. input_spec may carry
+`"resize": {"policy": "center-crop" | "letterbox", "interpolation": "bilinear"}`: how training
+resized its images (handlers/resize.py), which the decoder then applies to encoded images of
+any size; files without it (exported before policies were recorded) resize only images of the
+model's aspect ratio. A file that breaks any of this is refused with a message that names the
+problem.
 """
 from __future__ import annotations
 
@@ -18,11 +22,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from handlers.resize import POLICIES
+
 CONTRACT_VERSION = "1"
 REQUIRED_METADATA = ("contract_version", "class_names", "input_spec", "method", "score",
                      "threshold", "metrics", "model_version")
 OPTIONAL_METADATA = ("temperature", "model_spec", "source_run", "exported_at", "quantization",
                      "score_selection")
+RESIZE_INTERPOLATION = "bilinear"  # the one handlers/resize.py implements
 # output name -> rank, in contract order; the first two are required
 OUTPUT_RANKS = {"logits": 2, "unknown_score": 1, "reciprocal_score": 1, "distances": 2}
 
@@ -46,6 +53,7 @@ class ModelInfo:
     output_names: tuple[str, ...]
     temperature: float  # probabilities = softmax(logits / temperature), as in training
     score_selection: dict | str | None = None  # how the deciding `score` was chosen, if said
+    resize_policy: str | None = None  # input_spec.resize.policy; None: same aspect ratio only
 
 
 def default_providers() -> list[str]:
@@ -108,6 +116,24 @@ def _check_io(session: ort.InferenceSession, meta: dict, path: Path) -> tuple[st
     return tuple(name for name in OUTPUT_RANKS if name in outputs)
 
 
+def _resize_policy(spec: dict, path: Path) -> str | None:
+    """input_spec.resize.policy, checked; None for files exported before policies were recorded."""
+    if "resize" not in spec:
+        return None
+    resize = spec["resize"]
+    if not isinstance(resize, dict) or "policy" not in resize:
+        raise ModelFileError(f"{path}: metadata input_spec.resize must be an object with a "
+                             f"\"policy\", got {json.dumps(resize)}")
+    if resize["policy"] not in POLICIES:
+        raise ModelFileError(f"{path}: unknown resize policy {json.dumps(resize['policy'])} in "
+                             f"input_spec.resize; this server knows {', '.join(POLICIES)}")
+    interpolation = resize.get("interpolation", RESIZE_INTERPOLATION)
+    if interpolation != RESIZE_INTERPOLATION:
+        raise ModelFileError(f"{path}: resize interpolation {json.dumps(interpolation)} in "
+                             f"input_spec.resize; this server resizes {RESIZE_INTERPOLATION} only")
+    return resize["policy"]
+
+
 def load_model(path: str | Path, providers: list[str] | None = None,
                threads: int | None = None) -> tuple[ort.InferenceSession, ModelInfo]:
     """An onnxruntime session and the model's metadata, or ModelFileError naming the problem."""
@@ -138,6 +164,7 @@ def load_model(path: str | Path, providers: list[str] | None = None,
             output_names=output_names,
             temperature=float(meta.get("temperature", 1.0)),
             score_selection=meta.get("score_selection"),
+            resize_policy=_resize_policy(spec, path),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(f"{path}: malformed metadata ({type(exc).__name__}: {exc})") from None

@@ -3,8 +3,12 @@
 Accepted: PNG/JPEG/... bytes; JSON {"image": "<base64 PNG/JPEG>"} or {"pixels": nested array
 [H, W] / [C, H, W] / [H, W, C], floats in [0, 1] or integers 0..255}; a JSON list of such
 objects (several images, answered in order). Each object may carry "threshold".
-Encoded images are converted when that is unambiguous (RGB <-> grey, resize to the model's
-size at the same aspect ratio); pixel arrays must already have the model's size.
+Encoded images are converted when that is unambiguous (RGB <-> grey) and resized by the
+model's resize policy (input_spec.resize in the ONNX metadata, handlers/resize.py): any size
+and aspect ratio, an 8-bit image through `resize.read_8bit`, the very function training
+decodes its folder images with, so the served pixels are the trained ones bit for bit. A file
+without a policy (exported before they were recorded) resizes only images of the model's aspect
+ratio and refuses others ("wrong_size"). Pixel arrays must already have the model's size.
 """
 from __future__ import annotations
 
@@ -18,9 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from handlers import resize
+
 MAX_IMAGES_PER_REQUEST = 256
 MAX_PIXELS = 4096 * 4096  # refuse before decoding: a tiny PNG can inflate to gigabytes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")
 
 
 class InputError(ValueError):
@@ -42,9 +49,17 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class Shape:
+    """What the model takes: C x H x W, and how an encoded image of another size gets there
+    (a handlers.resize policy; None for files without one: same aspect ratio only)."""
     channels: int
     height: int
     width: int
+    resize_policy: str | None = None
+
+    def __post_init__(self):
+        if self.resize_policy is not None and self.resize_policy not in resize.POLICIES:
+            raise ValueError(f"unknown resize policy {self.resize_policy!r}; choose from "
+                             f"{', '.join(resize.POLICIES)}")
 
 
 def parse_threshold(value: object) -> float | None:
@@ -65,7 +80,7 @@ def parse_threshold(value: object) -> float | None:
 
 def _image_pixels(image: Image.Image, channels: int) -> np.ndarray:
     """H x W (x C) float32 in [0, 1]; 16-bit grey is scaled, not clipped by Pillow's "L"."""
-    if image.mode in ("I;16", "I;16B", "I;16L"):
+    if image.mode in SIXTEEN_BIT:
         grey = np.asarray(image, dtype=np.float32) / 65535
         return grey if channels == 1 else np.repeat(grey[..., None], 3, axis=2)
     if image.mode in ("I", "F"):
@@ -73,6 +88,32 @@ def _image_pixels(image: Image.Image, channels: int) -> np.ndarray:
                          "supported; send 8- or 16-bit images, or JSON pixels")
     converted = image.convert("L" if channels == 1 else "RGB")
     return np.asarray(converted, dtype=np.float32) / 255
+
+
+def _resize_float(pixels: np.ndarray, shape: Shape) -> np.ndarray:
+    """H x W (x C) float32 -> the model's H x W, each channel as a Pillow "F" image: by the
+    policy, or (no policy) a plain resize, the aspect ratio having been checked."""
+    if pixels.shape[:2] == (shape.height, shape.width):
+        return pixels
+    channels_last = pixels if pixels.ndim == 3 else pixels[..., None]
+    resized = []
+    for c in range(channels_last.shape[2]):
+        channel = Image.fromarray(channels_last[..., c])
+        resized.append(np.asarray(
+            resize.fit(channel, shape.height, shape.width, shape.resize_policy) if shape.resize_policy
+            else channel.resize((shape.width, shape.height), Image.BILINEAR)))
+    return np.stack(resized, axis=2) if pixels.ndim == 3 else resized[0]
+
+
+def _decoded(image: Image.Image, shape: Shape) -> np.ndarray:
+    """An opened (not yet loaded) image -> C x H x W float32 in [0, 1] at the model's shape."""
+    if shape.resize_policy is not None and image.mode not in (*SIXTEEN_BIT, "I", "F"):
+        pixels = resize.read_8bit(image, shape.channels, shape.height, shape.width,
+                                  shape.resize_policy)  # uint8 C x H x W, as in training
+        return pixels.astype(np.float32) / 255
+    image.load()
+    pixels = _resize_float(_image_pixels(image, shape.channels), shape)
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
 def decode_image_bytes(data: bytes, shape: Shape) -> np.ndarray:
@@ -83,23 +124,16 @@ def decode_image_bytes(data: bytes, shape: Shape) -> np.ndarray:
             if width * height > MAX_PIXELS:
                 raise InputError("too_large", f"image is {width}x{height}; at most "
                                  f"{MAX_PIXELS} pixels")
-            if (width, height) != (shape.width, shape.height) and \
+            if shape.resize_policy is None and (width, height) != (shape.width, shape.height) and \
                     abs(width * shape.height - height * shape.width) > 0.01 * width * shape.height:
                 raise InputError("wrong_size", f"image is {width}x{height}; the model takes "
                                  f"{shape.width}x{shape.height} and the aspect ratio differs")
-            image.load()
-            pixels = _image_pixels(image, shape.channels)
+            pixels = _decoded(image, shape)
     except InputError:
         raise
     except Exception:  # noqa: BLE001 - Pillow raises many types (SyntaxError, TypeError...) on bad bytes
         raise InputError("not_an_image", "body is neither an image (PNG, JPEG, ...) nor JSON") from None
-    if pixels.shape[:2] != (shape.height, shape.width):
-        channels_last = pixels if pixels.ndim == 3 else pixels[..., None]
-        resized = [np.asarray(Image.fromarray(channels_last[..., c]).resize(
-            (shape.width, shape.height), Image.BILINEAR)) for c in range(channels_last.shape[2])]
-        pixels = np.stack(resized, axis=2) if pixels.ndim == 3 else resized[0]
-    return np.ascontiguousarray(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1),
-                                dtype=np.float32)
+    return np.ascontiguousarray(pixels, dtype=np.float32)
 
 
 def decode_pixels(values: object, shape: Shape) -> np.ndarray:

@@ -37,7 +37,8 @@ class Predictor:
         """`version`: what answers report as model.version (a server's version of the model);
         default the .onnx's own model_version."""
         self.session, self.info = load_model(model_path, providers, threads)
-        self.shape = Shape(self.info.channels, self.info.height, self.info.width)
+        self.shape = Shape(self.info.channels, self.info.height, self.info.width,
+                           self.info.resize_policy)
         self.name = name or Path(model_path).stem
         self.version = version or self.info.model_version
         self.top_k = max(1, min(top_k, len(self.info.class_names)))

@@ -23,6 +23,7 @@ import socket
 import tempfile
 import time
 import warnings
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,7 @@ def run_job(writer: RowWriter, items: list[dict], total: int, x: np.ndarray | No
         # object store, which Ray cannot promise to still hold
         max_restarts=0,
         fn_constructor_kwargs={"model": [ray.put(model_path.read_bytes())],
-                               "shape": (shape.channels, shape.height, shape.width),
+                               "shape": astuple(shape),
                                "threads": threads, "providers": providers,
                                "npz": [ray.put(x)] if x is not None else None})
     counts, first = {"images": 0, "errors": 0, "unknown": 0}, None

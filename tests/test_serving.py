@@ -23,8 +23,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from export import onnx_export
 from export.archive import build_archive
 from export.onnx_export import export_onnx
+from handlers import resize
 from handlers.remote_client import RemoteScorer
 from handlers.server import (KeyFileError, read_inference_key, read_properties, start, stop,
                              write_config)
@@ -66,6 +68,21 @@ def corrupt_copy(store: Path, model: Path) -> None:
             target.writestr(item, data[:100] if item.filename.endswith(".onnx") else data)
 
 
+def export_recording_a_policy(run_dir: Path, out: Path) -> None:
+    """export_onnx, recording the default resize policy when the checkpoint has none (a run
+    from before rundir.Checkpoint.resize_policy; new runs record it themselves)."""
+    load_run = onnx_export.load_run
+
+    def with_policy(*args, **kwargs):
+        model, checkpoint, metrics = load_run(*args, **kwargs)
+        policy = checkpoint.get("resize_policy") or resize.DEFAULT_POLICY
+        return model, {**checkpoint, "resize_policy": policy}, metrics
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "load_run", with_policy)
+        export_onnx(run_dir, out)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if Path("/tmp/.ts.sock.9000").exists():
@@ -74,7 +91,7 @@ def server(tmp_path_factory):
     run_dir, store = tmp / "run", tmp / "store"
     assert train_main(["--dataset", "digits", "--known", ",".join(map(str, KNOWN)),
                        "--epochs", "15", "--width", "0.5", "--out", str(run_dir)]) == 0
-    export_onnx(run_dir, tmp / "model.onnx")
+    export_recording_a_policy(run_dir, tmp / "model.onnx")
     build_archive(tmp / "model.onnx", MODEL, "1", store, ort_threads=1)
     corrupt_copy(store, tmp / "model.onnx")
     env = {"TMPDIR": str(tmp)}
@@ -136,6 +153,47 @@ def test_known_digit_gets_the_contract_fields(server):
                                    providers=["CPUExecutionProvider"])
     assert answer["model"]["score"] == json.loads(
         session.get_modelmeta().custom_metadata_map["score"])
+
+
+def non_square_jpeg() -> bytes:
+    """60x40 RGB: a known digit in the centre square, coloured bars left and right, so the
+    centre crop (the digit) and the letterbox (all of it, squeezed) feed different pixels."""
+    digit = load_dataset("digits").images[0, 0]  # 8 x 8 uint8, a 0
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, 10:50] = np.kron(digit, np.ones((5, 5), np.uint8))[..., None]
+    pixels[:, :10], pixels[:, 50:] = (255, 200, 0), (0, 120, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_non_square_jpeg_is_resized_by_the_recorded_policy(server):
+    session = ort.InferenceSession(str(server["workdir"] / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    spec = meta["input_spec"]
+    policy = spec["resize"]["policy"]
+    jpeg = non_square_jpeg()
+    status, answer = call(server, jpeg, "image/jpeg")
+    assert status == 200, answer
+    top_k = [meta["class_names"].index(item["label"]) for item in answer["probabilities"]]
+
+    def expected(policy: str) -> np.ndarray:
+        """unknown_score, reciprocal_score and the answer's top-k probabilities, from the .onnx
+        itself on training's own read of the JPEG by `policy`."""
+        pixels = resize.read_8bit(Image.open(io.BytesIO(jpeg)), spec["channels"], spec["height"],
+                                  spec["width"], policy)[None] / np.float32(255)
+        logits, unknown, reciprocal = session.run(
+            ["logits", "unknown_score", "reciprocal_score"], {"images": pixels})
+        scaled = logits[0].astype(np.float64) / meta.get("temperature", 1.0)
+        probabilities = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
+        return np.array([unknown[0], reciprocal[0], *probabilities[top_k]])
+
+    served = np.array([answer["unknown_score"], answer["reciprocal_score"],
+                       *[item["probability"] for item in answer["probabilities"]]])
+    assert np.allclose(served, expected(policy), atol=1e-4)
+    [other] = [p for p in resize.POLICIES if p != policy]
+    assert np.abs(served - expected(other)).max() > 1e-2  # the other policy answers otherwise
 
 
 def test_unknown_digits_score_higher_than_known_ones(server):
