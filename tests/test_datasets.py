@@ -69,8 +69,8 @@ def test_empty_folder(tmp_path):
         load_dataset(f"folder:{tmp_path}")
 
 
-def test_folder_with_corrupt_image(tmp_path):
+def test_folder_with_only_a_corrupt_image(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match="cannot read image"):
+    with pytest.raises(UserError, match="none of the 1 files is a readable image"):
         load_dataset(f"folder:{tmp_path}")

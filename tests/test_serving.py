@@ -23,7 +23,6 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from export import onnx_export
 from export.archive import build_archive
 from export.onnx_export import export_onnx
 from handlers import resize
@@ -68,21 +67,6 @@ def corrupt_copy(store: Path, model: Path) -> None:
             target.writestr(item, data[:100] if item.filename.endswith(".onnx") else data)
 
 
-def export_recording_a_policy(run_dir: Path, out: Path) -> None:
-    """export_onnx, recording the default resize policy when the checkpoint has none (a run
-    from before rundir.Checkpoint.resize_policy; new runs record it themselves)."""
-    load_run = onnx_export.load_run
-
-    def with_policy(*args, **kwargs):
-        model, checkpoint, metrics = load_run(*args, **kwargs)
-        policy = checkpoint.get("resize_policy") or resize.DEFAULT_POLICY
-        return model, {**checkpoint, "resize_policy": policy}, metrics
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(onnx_export, "load_run", with_policy)
-        export_onnx(run_dir, out)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if Path("/tmp/.ts.sock.9000").exists():
@@ -91,7 +75,7 @@ def server(tmp_path_factory):
     run_dir, store = tmp / "run", tmp / "store"
     assert train_main(["--dataset", "digits", "--known", ",".join(map(str, KNOWN)),
                        "--epochs", "15", "--width", "0.5", "--out", str(run_dir)]) == 0
-    export_recording_a_policy(run_dir, tmp / "model.onnx")
+    export_onnx(run_dir, tmp / "model.onnx")  # training records the resize policy
     build_archive(tmp / "model.onnx", MODEL, "1", store, ort_threads=1)
     corrupt_copy(store, tmp / "model.onnx")
     env = {"TMPDIR": str(tmp)}

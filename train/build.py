@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cli_errors import UserError
+from data.image_files import FileImages
 from models import ModelSpec, OpenSetClassifier, build_classifier
+from models.pretrained import PretrainedError, load_pretrained
 from train.config import LongTailConfig, TrainConfig
 from train.losses import LOSSES, RelationalDistillationLoss, SelfLabelAugmentationLoss
 from train.losses.class_balanced import SIGMOID_LOSSES, build_class_balanced, init_sigmoid_bias
@@ -12,9 +15,21 @@ from train.losses.logit_adjusted import LogitAdjustedLoss
 from train.run_data import RunData
 
 
+STATISTICS_SAMPLE = 2048  # file images that exceed the cache: normalisation from a sample
+
+
+def training_pixels(data: RunData) -> np.ndarray:
+    """float N x C x H x W in [0, 1]: every training image in memory, else a seeded sample."""
+    images = data.images("train")
+    if isinstance(images, FileImages) and len(images) > STATISTICS_SAMPLE:
+        pick = np.sort(np.random.default_rng(0).permutation(len(images))[:STATISTICS_SAMPLE])
+        images = images[pick]
+    return np.asarray(images[:], dtype=np.float32) / 255
+
+
 def model_spec(cfg: TrainConfig, data: RunData) -> ModelSpec:
     """The network a resolved config trains; normalisation statistics from the training images."""
-    pixels = data.images("train").astype(np.float32) / 255  # N x C x H x W
+    pixels = training_pixels(data)  # N x C x H x W
     return ModelSpec(
         arch=cfg.arch, in_channels=data.input_shape[0], num_classes=len(data.known_names),
         head=cfg.head, width=cfg.width,
@@ -27,11 +42,20 @@ def model_spec(cfg: TrainConfig, data: RunData) -> ModelSpec:
     )
 
 
-def build_model(cfg: TrainConfig, data: RunData) -> tuple[ModelSpec, OpenSetClassifier]:
+def build_model(cfg: TrainConfig, data: RunData,
+                progress: bool = True) -> tuple[ModelSpec, OpenSetClassifier]:
     spec = model_spec(cfg, data)
     model = build_classifier(spec)
     if cfg.long_tail.loss in SIGMOID_LOSSES:
         init_sigmoid_bias(model.head.fc)
+    if cfg.transfer.pretrained is not None:
+        try:
+            report = load_pretrained(model.backbone, cfg.transfer.pretrained)
+        except PretrainedError as exc:
+            raise UserError(f"--pretrained {exc}") from None
+        if progress:
+            print(f"--pretrained: {report['loaded']} backbone tensors from "
+                  f"{cfg.transfer.pretrained} ({report['source']}); a new head", flush=True)
     return spec, model
 
 

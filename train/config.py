@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from cli_errors import UserError
+from data.image_files import parse_image_size
+from handlers.resize import DEFAULT_POLICY, POLICIES
 from models import DETECTORS
 from models import linear_head, reciprocal_points
 from models.backbones import BACKBONES
@@ -208,10 +210,53 @@ class LongTailConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """How images become the model's input: size, resize policy, and reading image files."""
+    image_size: str | None = setting(None, "the model's input H or H,W (default: image files: "
+                                     "the median of 256 sampled files, announced; arrays: "
+                                     "their own size)")
+    resize: str = setting(DEFAULT_POLICY, f"{' | '.join(POLICIES)}: how an image of another size "
+                          "or aspect ratio becomes H x W (recorded in the ONNX; the server applies "
+                          "the same)")
+    workers: int = setting(0, "processes decoding image files (the load-time scan, and DataLoader "
+                           "workers when the images exceed --cache-mb)")
+    cache_mb: float = setting(2048.0, "decoded file images kept in memory (MiB, shared by the "
+                              "workers); past it, images are decoded from their files when read")
+    strict: bool = setting(False, "stop at the first unreadable image file (default: skip it, "
+                           "count it, list it in OUT/skipped.txt)")
+
+    def validate(self) -> None:
+        parse_image_size(self.image_size)
+        check_choice("--resize", self.resize, POLICIES)
+        non_negative({"workers": self.workers, "cache-mb": self.cache_mb})
+        if not math.isfinite(self.cache_mb):
+            raise UserError(f"--cache-mb must be finite, got {self.cache_mb}")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Starting from pretrained weights (models/pretrained.py)."""
+    pretrained: str | None = setting(None, "backbone weights to start from: a torchvision-format "
+                                     "state dict (e.g. resnet18-*.pth; its fc head is replaced) "
+                                     "or another run's model.pt", flag="pretrained")
+    head_epochs: int = setting(0, "with --pretrained: train the new head alone (backbone frozen) "
+                               "for this many of the --epochs first")
+
+    def validate(self, epochs: int) -> None:
+        non_negative({"head-epochs": self.head_epochs})
+        if self.head_epochs and self.pretrained is None:
+            raise UserError("--head-epochs trains a new head on pretrained features: it needs "
+                            "--pretrained")
+        if self.head_epochs >= epochs:
+            raise UserError(f"--head-epochs {self.head_epochs} leaves no fine-tuning epoch of "
+                            f"--epochs {epochs}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     method: str = setting("arpl", f"{' | '.join(LOSSES)} (default arpl)")
-    dataset: str = setting("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | cifar10:PATH | "
-                           "cifar100:PATH")
+    dataset: str = setting("mnist5k", "mnist5k | digits | npz:PATH | folder:PATH | list:PATH "
+                           "(`path,class` lines) | cifar10:PATH | cifar100:PATH")
     out: str = setting("runs/default", "run directory (checkpoint, config.json, metrics.json, "
                        "split.npz, plots)")
     known: str | None = setting(None, "known classes, e.g. 0,1,2,3,4,5 (indices or names); "
@@ -243,6 +288,8 @@ class TrainConfig:
     sla: SlaConfig = section(SlaConfig, "sla_")
     rkd: RkdConfig = section(RkdConfig, "rkd_")
     long_tail: LongTailConfig = section(LongTailConfig, "")
+    images: ImagesConfig = section(ImagesConfig, "")
+    transfer: TransferConfig = section(TransferConfig, "")
 
     @property
     def task(self) -> str:
@@ -268,8 +315,9 @@ class TrainConfig:
                   "width": self.width, **({} if self.temperature is None
                                           else {"temperature": self.temperature})})
         non_negative({"weight-decay": self.weight_decay, "momentum": self.momentum})
-        for part in (self.reciprocal, self.detector, self.rkd):
+        for part in (self.reciprocal, self.detector, self.rkd, self.images):
             part.validate()
+        self.transfer.validate(self.epochs)
         if not 0 < self.accept_rate <= 1:
             raise UserError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
@@ -304,8 +352,8 @@ class TrainConfig:
             score=DEFAULT_SCORE if self.score is None else self.score,
             temperature=(LOSSES[self.task].default_temperature if self.temperature is None
                          else self.temperature),
-            augment=("affine-flip" if in_channels == 3 else "affine") if self.augment is None
-            else self.augment)
+            augment=self.augment if self.augment is not None else default_augmentation(
+                self.arch, in_channels))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -334,6 +382,14 @@ class TrainConfig:
             saved = {OLD_NAMES.get(key, key): value for key, value in saved.items()}
             return from_flat({k: v for k, v in saved.items() if k in SETTING_NAMES})
         return _build(cls, saved)
+
+
+def default_augmentation(arch: str, in_channels: int) -> str:
+    """photo (random resized crop, flip, colour jitter) for the ImageNet-style networks on
+    colour images; small random affine moves otherwise (with flips for colour)."""
+    if in_channels == 3:
+        return "photo" if arch.startswith("imagenet_") else "affine-flip"
+    return "affine"
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,22 @@ import torch
 from torch import nn
 
 from models.sla import NUM_VIEWS, transform_views, view_logits
+from train.batches import read_all
 from train.calibration import accept_rate
 from train.metrics import auroc, closed_set_accuracy, oscr
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, device: torch.device,
+def predict(model: nn.Module, images, device: torch.device,
             batch_size: int = 512) -> dict[str, np.ndarray]:
-    """logits, embedding, the served unknown_score, and every alternative score the head defines."""
+    """logits, embedding, the served unknown_score, and every alternative score the head defines
+    (`images`: uint8 N x C x H x W, an array or file images)."""
     model.eval().to(device)
     chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, max(1, len(images)), batch_size):  # an empty set -> empty arrays
-        x = torch.from_numpy(images[start:start + batch_size]).to(device).float() / 255
+    batches = read_all(images, batch_size) if len(images) else [
+        torch.zeros((0, *images.shape[1:]), dtype=torch.uint8)]  # an empty set -> empty arrays
+    for batch in batches:
+        x = batch.to(device).float() / 255
         outputs = model(x)
         row = {"logits": outputs["logits"], "unknown_score": outputs["unknown_score"],
                "embedding": outputs["embedding"]}
@@ -28,15 +32,15 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device,
 
 
 @torch.no_grad()
-def view_accuracy(model: nn.Module, transform: str, images: np.ndarray, labels: np.ndarray,
+def view_accuracy(model: nn.Module, transform: str, images, labels: np.ndarray,
                   device: torch.device, batch_size: int = 256) -> list[float]:
     """Accuracy of an SLA joint head on each single view t_j(x), j = 0..M-1 (argmax over
     classes i of joint(t_j(x))[i*M + j]): how well each view SLA+AG averages is learned."""
     model.eval().to(device)
     m = NUM_VIEWS[transform]
     correct = np.zeros(m)
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).to(device).float() / 255
+    for start, batch in zip(range(0, len(images), batch_size), read_all(images, batch_size)):
+        x = batch.to(device).float() / 255
         per_view = view_logits(model(transform_views(x, transform))["joint_logits"], m)
         predicted = per_view.argmax(2).cpu().numpy()  # M x B
         correct += (predicted == labels[start:start + batch_size]).sum(1)

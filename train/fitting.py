@@ -44,10 +44,10 @@ def batch_hook(cfg: TrainConfig, model: nn.Module, data: RunData, epochs: int,
     lt = cfg.long_tail
     if lt.m2m.enabled:
         steering = load_steering(lt.m2m.generator_run, data.known_names, data.input_shape)
-        return MajorToMinor(steering.to(device), model, *data.tensors("train"), lt.m2m,
+        return MajorToMinor(steering.to(device), model, *data.in_memory("train"), lt.m2m,
                             cfg.augment, seed)
     if lt.drs:
-        return DeferredResampling(*data.tensors("train"), round(lt.drs_start * epochs),
+        return DeferredResampling(*data.in_memory("train"), round(lt.drs_start * epochs),
                                   cfg.augment, seed)
     return None
 
@@ -76,7 +76,7 @@ def fit_model(cfg: TrainConfig, data: RunData, model: nn.Module, device: torch.d
                   data.tensors("val"), epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                   momentum=cfg.momentum, weight_decay=cfg.weight_decay, augmentation=cfg.augment,
                   seed=cfg.seed, device=device, progress=progress, teacher=teacher,
-                  batch_hook=hook, views=views, ctx=ctx)
+                  batch_hook=hook, views=views, ctx=ctx, head_epochs=cfg.transfer.head_epochs)
     if isinstance(hook, MajorToMinor):  # the generation counts of every process
         ctx.sum(hook.generated)
         ctx.sum(hook.accepted)

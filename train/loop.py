@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from train.augment import augment
+from train.batches import read_all, read_batches
 from train.distributed import (SINGLE, Context, epoch_order, rank_seed, shard_report,
                                shard_size, weights_checksum)
 
@@ -84,10 +85,16 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              device: torch.device, batch_size: int = 512) -> float:
     model.eval()
     correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = model(_as_input(images[start:start + batch_size], device))["logits"]
+    for start, batch in zip(range(0, len(images), batch_size), read_all(images, batch_size)):
+        logits = model(_as_input(batch, device))["logits"]
         correct += (logits.argmax(1).cpu() == labels[start:start + batch_size]).sum().item()
     return correct / max(1, len(images))
+
+
+def _backbone_frozen(model: nn.Module, frozen: bool) -> None:
+    """Head-only epochs (--head-epochs): the backbone's BatchNorm statistics stay as loaded."""
+    if frozen:
+        model.backbone.eval()
 
 
 def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
@@ -98,9 +105,13 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
         teacher: nn.Module | None = None,
         batch_hook: Callable[[int, torch.Tensor, torch.Tensor],
                              tuple[torch.Tensor, torch.Tensor]] | None = None,
-        ctx: Context = SINGLE) -> list[dict]:
+        ctx: Context = SINGLE, head_epochs: int = 0) -> list[dict]:
     """Train in place; leave `model` at the epoch with the best validation accuracy (latest on ties).
 
+    The first `head_epochs` epochs train everything but the backbone (its weights get no step,
+    its BatchNorm statistics stay): a new head on pretrained features before fine-tuning.
+    `train` / `val` images are uint8 tensors, or file images read by DataLoader workers
+    (train/batches.py).
     batch_hook(epoch, x, y) -> (x, y), if given, replaces each augmented batch (e.g. M2m);
     `views` then expands it before the forward pass (SLA's M transformed copies), and a frozen
     `teacher` adds its embedding of the same inputs as outputs["teacher_embedding"].
@@ -119,15 +130,16 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
     best_acc, best_state, history = -1.0, None, []
     bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not (progress and ctx.is_main),
                leave=False)
+    backbone = list(model.backbone.parameters()) if head_epochs else []
     for epoch in bar:
         model.train()
+        _backbone_frozen(model, epoch < head_epochs)
         order = epoch_order(len(images), epoch, seed, ctx, generator)
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)
+                   if len(order[start:start + batch_size]) >= 2]  # BatchNorm needs two samples
         running = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            x = augment(_as_input(images[idx], device), augmentation, generator)
+        for idx, batch in zip(batches, read_batches(images, batches)):
+            x = augment(_as_input(batch, device), augmentation, generator)
             y = labels[idx].to(device)
             if batch_hook is not None:
                 x, y = batch_hook(epoch, x, y)
@@ -136,6 +148,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, train: tuple[torch.Tensor, torch.T
             loss = loss_fn(_forward(trained, x, teacher), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if epoch < head_epochs:
+                for param in backbone:  # SGD skips a parameter without a gradient entirely
+                    param.grad = None
             optimizer.step()
             schedule.step()
             running += loss.item() * len(idx)

@@ -34,7 +34,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     device = ctx.device(cfg.device)
     teacher = load_teacher(cfg, data)
-    spec, model = build_model(cfg, data)
+    spec, model = build_model(cfg, data, progress and ctx.is_main)
     fitted = fit_model(cfg, data, model, device, teacher, progress, ctx)
 
     def evaluate_and_write() -> dict:
@@ -56,6 +56,11 @@ def checked(cfg: TrainConfig) -> tuple[TrainConfig, RunData]:
     cfg.validate()
     cfg.check_world_size(world_size_from_env())
     data = load_run_data(cfg)
+    skipped = data.dataset.skipped
+    if skipped and context(cfg.device).is_main:
+        print(f"skipped {len(skipped)} unreadable image file(s) of "
+              f"{len(skipped) + len(data.dataset.labels)} (listed in {cfg.out}/skipped.txt; "
+              f"--strict stops instead)", flush=True)
     cfg = cfg.resolved(data.input_shape[0])
     cfg.detector.check_bank(len(data.split.train))
     if cfg.method == "sla":
@@ -79,8 +84,10 @@ def write(out: RunDirectory, asked: TrainConfig, cfg: TrainConfig, data: RunData
         class_names=data.known_names, input_shape=list(data.input_shape), method=cfg.method,
         threshold=result.threshold, threshold_rule=metrics["threshold_rule"],
         temperature=cfg.temperature, head_threshold=result.head_threshold,
-        aggregated_threshold=metrics.get("aggregated", {}).get("threshold"), macs=metrics["macs"])
+        aggregated_threshold=metrics.get("aggregated", {}).get("threshold"), macs=metrics["macs"],
+        resize_policy=cfg.images.resize)
     out.write(checkpoint, asked.to_dict(), metrics, data.split)
+    out.write_skipped(data.dataset.skipped)
     plot_run(out.path, cfg, metrics, result.test_known["unknown_score"],
              result.test_unknown["unknown_score"], result.threshold)
 

@@ -9,6 +9,7 @@ import torch
 
 from cli_errors import UserError
 from data.datasets import ImageSet, load_dataset
+from data.image_files import DecodeOptions, FileImages, parse_image_size
 from data.splits import (OpenSetSplit, draw_known_classes, long_tail_subset, open_set_split,
                          parse_known)
 from train.config import LongTailConfig, TrainConfig
@@ -40,27 +41,45 @@ class RunData:
         return np.bincount(self.labels[self.split.train],
                            minlength=len(self.split.known_classes)).tolist()
 
-    def images(self, part: str) -> np.ndarray:
-        """uint8 N x C x H x W of one split part: train, val, test_known or test_unknown."""
-        return self.dataset.images[getattr(self.split, part)]
+    def images(self, part: str) -> np.ndarray | FileImages:
+        """uint8 N x C x H x W of one split part: train, val, test_known or test_unknown
+        (file images that exceed the cache stay files: a lazy subset)."""
+        images, index = self.dataset.images, getattr(self.split, part)
+        return images.take(index) if isinstance(images, FileImages) else images[index]
 
     def part_labels(self, part: str) -> np.ndarray:
         return self.labels[getattr(self.split, part)]
 
-    def tensors(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.images(part)), torch.from_numpy(self.part_labels(part))
+    def tensors(self, part: str) -> tuple[torch.Tensor | FileImages, torch.Tensor]:
+        """(images, labels) for the training loop: file images stay files (train/batches.py)."""
+        images = self.images(part)
+        if not isinstance(images, FileImages):
+            images = torch.from_numpy(images)
+        return images, torch.from_numpy(self.part_labels(part))
+
+    def in_memory(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) as tensors, file images decoded into memory (M2m and DRS draw
+        from the whole training part at random)."""
+        return torch.from_numpy(np.asarray(self.images(part)[:])), torch.from_numpy(self.part_labels(part))
 
 
 def load_run_data(cfg: TrainConfig) -> RunData:
     """--dataset split by --known / --num-known and --split-seed; --imbalance thins the training
     part only (validation and test stay as drawn)."""
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, decode_options(cfg))
     known = (parse_known(cfg.known, data.class_names) if cfg.known
              else draw_known_classes(data.num_classes, cfg.num_known, cfg.split_seed))
     split = open_set_split(data.labels, known, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
     split = long_tail_train(cfg.long_tail, split, data.labels, list(data.class_names),
                             cfg.split_seed)
     return RunData(data, split, split.relabel(data.labels))
+
+
+def decode_options(cfg: TrainConfig, progress: bool = True) -> DecodeOptions:
+    """The --image-size, --resize, --workers, --cache-mb and --strict settings for data/."""
+    images = cfg.images
+    return DecodeOptions(parse_image_size(images.image_size), images.resize, images.workers,
+                         int(images.cache_mb * 2**20), images.strict, progress)
 
 
 def long_tail_train(cfg: LongTailConfig, split: OpenSetSplit, labels: np.ndarray,

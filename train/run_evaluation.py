@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.image_files import FileImages
 from models import AggregatedClassifier, ModelSpec
 from models import linear_head
 from models.complexity import count_macs
@@ -121,6 +122,9 @@ def run_facts(cfg: TrainConfig, data: RunData, spec: ModelSpec, model: nn.Module
                     "device": str(device)},
         "history": fitted.history,
         "imbalance": cfg.long_tail.imbalance, "loss": cfg.long_tail.loss,
+        "resize": cfg.images.resize, "unreadable_files": len(data.dataset.skipped),
+        "streamed": isinstance(data.dataset.images, FileImages), "workers": cfg.images.workers,
+        "pretrained": cfg.transfer.pretrained, "head_epochs": cfg.transfer.head_epochs,
     }
 
 

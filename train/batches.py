@@ -1,0 +1,73 @@
+"""Index batches -> uint8 image tensors, from an in-memory array or by DataLoader workers.
+
+In-memory images (numpy arrays or tensors) are indexed directly. File images that did not fit
+the cache (data/image_files.FileImages) are decoded by `images.workers` DataLoader processes
+(0: in this process). Decoding is deterministic and augmentation happens afterwards on the
+batch, so a run reads the same pixels and trains the same way with any number of workers.
+One persistent DataLoader per image set is kept for the whole run (workers start once).
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.image_files import FileImages
+
+
+class _Images(Dataset):
+    def __init__(self, images: FileImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        return torch.from_numpy(self.images.load(position))
+
+
+class _Batches:
+    """The batch sampler: whatever index batches the next pass asks for."""
+
+    def __init__(self):
+        self.batches: Sequence[Sequence[int]] = ()
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+_LOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _loader(images: FileImages) -> DataLoader:
+    if images not in _LOADERS:
+        _LOADERS[images] = DataLoader(_Images(images), batch_sampler=_Batches(),
+                                      num_workers=images.workers, persistent_workers=True,
+                                      prefetch_factor=4)
+    return _LOADERS[images]
+
+
+def read_batches(images, batches: Sequence[Sequence[int] | torch.Tensor]) -> Iterator[torch.Tensor]:
+    """uint8 B x C x H x W tensors of `images[batch]`, for each batch in order."""
+    if isinstance(images, FileImages) and images.workers > 0:
+        loader = _loader(images)
+        loader.batch_sampler.batches = [np.asarray(b).tolist() for b in batches]
+        yield from loader
+        return
+    for batch in batches:
+        if isinstance(images, torch.Tensor):
+            yield images[batch]
+        else:
+            yield torch.from_numpy(np.ascontiguousarray(images[np.asarray(batch)]))
+
+
+def read_all(images, batch_size: int) -> Iterator[torch.Tensor]:
+    """The whole set in order, `batch_size` images at a time."""
+    yield from read_batches(images, [range(start, min(start + batch_size, len(images)))
+                                     for start in range(0, len(images), batch_size)])
