@@ -164,7 +164,10 @@ class FileImages:
 
     def load(self, position: int) -> np.ndarray:
         """One image, C x H x W uint8."""
-        file_id = int(self.ids[position])
+        return self.load_file(int(self.ids[position]))
+
+    def load_file(self, file_id: int) -> np.ndarray:
+        """The image of file `file_id` (an index into `files`, whichever subset this is)."""
         cache = self.cache
         if file_id < cache.capacity and cache.filled[file_id]:
             return cache.pixels[file_id].copy()

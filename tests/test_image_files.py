@@ -14,6 +14,7 @@ from cli_errors import UserError
 from data.datasets import load_dataset
 from data.image_files import DecodeOptions, FileImages, parse_image_size
 from handlers import resize
+from train import batches as batches_module
 from train.batches import read_all, read_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +123,11 @@ def test_past_the_cache_bound_images_stream_with_the_same_pixels(tmp_path):
         assert [b.dtype for b in got] == [torch.uint8] * 2
         np.testing.assert_array_equal(torch.cat(got).numpy(), in_memory.images[[0, 5, 11, 2, 1]])
     np.testing.assert_array_equal(torch.cat(list(read_all(images, 5))).numpy(), in_memory.images)
+    loaders = len(batches_module._LOADERS)
+    subset.workers = 2
+    np.testing.assert_array_equal(next(read_batches(subset, [np.array([1, 0])])).numpy(),
+                                  in_memory.images[[3, 11]])
+    assert len(batches_module._LOADERS) == loaders  # one loader (one set of workers) per dataset
 
 
 def test_arrays_resized_to_image_size():

@@ -4,7 +4,8 @@ In-memory images (numpy arrays or tensors) are indexed directly. File images tha
 the cache (data/image_files.FileImages) are decoded by `images.workers` DataLoader processes
 (0: in this process). Decoding is deterministic and augmentation happens afterwards on the
 batch, so a run reads the same pixels and trains the same way with any number of workers.
-One persistent DataLoader per image set is kept for the whole run (workers start once).
+One persistent DataLoader per file dataset serves every subset of it (train, val, test), so
+its workers start once per run.
 """
 from __future__ import annotations
 
@@ -18,15 +19,17 @@ from torch.utils.data import DataLoader, Dataset
 from data.image_files import FileImages
 
 
-class _Images(Dataset):
+class _Files(Dataset):
+    """Every file of a file dataset, by file id (what the subsets' `ids` hold)."""
+
     def __init__(self, images: FileImages):
         self.images = images
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images.files)
 
-    def __getitem__(self, position: int) -> torch.Tensor:
-        return torch.from_numpy(self.images.load(position))
+    def __getitem__(self, file_id: int) -> torch.Tensor:
+        return torch.from_numpy(self.images.load_file(file_id))
 
 
 class _Batches:
@@ -46,18 +49,19 @@ _LOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _loader(images: FileImages) -> DataLoader:
-    if images not in _LOADERS:
-        _LOADERS[images] = DataLoader(_Images(images), batch_sampler=_Batches(),
-                                      num_workers=images.workers, persistent_workers=True,
-                                      prefetch_factor=4)
-    return _LOADERS[images]
+    """The file dataset's one loader (keyed by its cache, which every subset shares)."""
+    if images.cache not in _LOADERS:
+        _LOADERS[images.cache] = DataLoader(_Files(images), batch_sampler=_Batches(),
+                                            num_workers=images.workers, persistent_workers=True,
+                                            prefetch_factor=4)
+    return _LOADERS[images.cache]
 
 
 def read_batches(images, batches: Sequence[Sequence[int] | torch.Tensor]) -> Iterator[torch.Tensor]:
     """uint8 B x C x H x W tensors of `images[batch]`, for each batch in order."""
     if isinstance(images, FileImages) and images.workers > 0:
         loader = _loader(images)
-        loader.batch_sampler.batches = [np.asarray(b).tolist() for b in batches]
+        loader.batch_sampler.batches = [images.ids[np.asarray(b)].tolist() for b in batches]
         yield from loader
         return
     for batch in batches:
