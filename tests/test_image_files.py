@@ -162,3 +162,24 @@ def test_cli_bad_inputs_are_one_line_exit_2(tmp_path):
         assert done.returncode == 2, (args, done.stderr[-800:])
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
+
+
+def test_channel_statistics_chunked_equal_the_one_pass_figures(monkeypatch):
+    from train import build
+
+    images = np.random.default_rng(0).integers(0, 256, (300, 3, 10, 14), dtype=np.uint8)
+    exact = build.channel_statistics(images)
+    pixels = images.astype(np.float64) / 255
+    np.testing.assert_allclose(exact[0], pixels.mean(axis=(0, 2, 3)), atol=1e-6)
+    np.testing.assert_allclose(exact[1], pixels.std(axis=(0, 2, 3)), atol=1e-6)
+    monkeypatch.setattr(build, "EXACT_STATISTICS_BYTES", 0)  # the float64 chunked pass
+    np.testing.assert_allclose(build.channel_statistics(images), exact, atol=1e-6)
+
+
+def test_eval_batches_shrink_with_the_input():
+    from train.batches import eval_batch_size
+
+    assert eval_batch_size(np.zeros((1, 1, 28, 28))) == 512  # the shipped sets keep 512
+    assert eval_batch_size(np.zeros((1, 3, 32, 32))) == 512
+    assert eval_batch_size(np.zeros((1, 3, 224, 224))) == 2**24 // (3 * 224 * 224) == 111
+    assert eval_batch_size(np.zeros((1, 3, 4096, 4096))) == 8

@@ -45,6 +45,15 @@ class _Batches:
         return len(self.batches)
 
 
+EVAL_PIXELS = 2**24  # values per inference batch: 512 images up to 3 x 32 x 32, fewer when larger
+
+
+def eval_batch_size(images, most: int = 512) -> int:
+    """Images per inference batch: `most`, fewer for large inputs (activation memory grows
+    with H x W: 512 photos at 160 px would need gigabytes)."""
+    return int(max(8, min(most, EVAL_PIXELS // int(np.prod(images.shape[1:])))))
+
+
 _LOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

@@ -16,20 +16,33 @@ from train.run_data import RunData
 
 
 STATISTICS_SAMPLE = 2048  # file images that exceed the cache: normalisation from a sample
+EXACT_STATISTICS_BYTES = 64 * 2**20  # up to this, one float32 pass (the statistics runs had)
 
 
-def training_pixels(data: RunData) -> np.ndarray:
-    """float N x C x H x W in [0, 1]: every training image in memory, else a seeded sample."""
-    images = data.images("train")
+def channel_statistics(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the training images in [0, 1]. Small sets: numpy over one
+    float32 copy, as always; larger ones in float64 chunks (no copy of the whole set), file
+    images that exceed the cache over a seeded sample."""
     if isinstance(images, FileImages) and len(images) > STATISTICS_SAMPLE:
-        pick = np.sort(np.random.default_rng(0).permutation(len(images))[:STATISTICS_SAMPLE])
-        images = images[pick]
-    return np.asarray(images[:], dtype=np.float32) / 255
+        images = images.take(np.sort(np.random.default_rng(0).permutation(len(images))[:STATISTICS_SAMPLE]))
+    if not isinstance(images, FileImages) and images.nbytes <= EXACT_STATISTICS_BYTES:
+        pixels = images.astype(np.float32) / 255  # N x C x H x W
+        return (tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
+                tuple(float(s) for s in pixels.std(axis=(0, 2, 3))))
+    total = np.zeros(images.shape[1])
+    squares = np.zeros(images.shape[1])
+    for start in range(0, len(images), 256):
+        chunk = np.asarray(images[start:start + 256], dtype=np.float64) / 255
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += (chunk ** 2).sum(axis=(0, 2, 3))
+    count = len(images) * images.shape[2] * images.shape[3]
+    mean = total / count
+    return tuple(mean.tolist()), tuple(np.sqrt(np.maximum(squares / count - mean ** 2, 0)).tolist())
 
 
 def model_spec(cfg: TrainConfig, data: RunData) -> ModelSpec:
     """The network a resolved config trains; normalisation statistics from the training images."""
-    pixels = training_pixels(data)  # N x C x H x W
+    mean, std = channel_statistics(data.images("train"))
     return ModelSpec(
         arch=cfg.arch, in_channels=data.input_shape[0], num_classes=len(data.known_names),
         head=cfg.head, width=cfg.width,
@@ -37,8 +50,7 @@ def model_spec(cfg: TrainConfig, data: RunData) -> ModelSpec:
         points_per_class=cfg.reciprocal.points_per_class,
         feature_scale=cfg.reciprocal.feature_scale, score=cfg.score,
         sla_transform=cfg.sla.transform if cfg.method == "sla" else "none",
-        mean=tuple(float(m) for m in pixels.mean(axis=(0, 2, 3))),
-        std=tuple(float(s) + 1e-6 for s in pixels.std(axis=(0, 2, 3))),
+        mean=mean, std=tuple(s + 1e-6 for s in std),
     )
 
 

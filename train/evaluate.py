@@ -6,17 +6,18 @@ import torch
 from torch import nn
 
 from models.sla import NUM_VIEWS, transform_views, view_logits
-from train.batches import read_all
+from train.batches import eval_batch_size, read_all
 from train.calibration import accept_rate
 from train.metrics import auroc, closed_set_accuracy, oscr
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images, device: torch.device,
-            batch_size: int = 512) -> dict[str, np.ndarray]:
+            batch_size: int | None = None) -> dict[str, np.ndarray]:
     """logits, embedding, the served unknown_score, and every alternative score the head defines
     (`images`: uint8 N x C x H x W, an array or file images)."""
     model.eval().to(device)
+    batch_size = batch_size or eval_batch_size(images)
     chunks: dict[str, list[np.ndarray]] = {}
     batches = read_all(images, batch_size) if len(images) else [
         torch.zeros((0, *images.shape[1:]), dtype=torch.uint8)]  # an empty set -> empty arrays
@@ -33,11 +34,12 @@ def predict(model: nn.Module, images, device: torch.device,
 
 @torch.no_grad()
 def view_accuracy(model: nn.Module, transform: str, images, labels: np.ndarray,
-                  device: torch.device, batch_size: int = 256) -> list[float]:
+                  device: torch.device, batch_size: int | None = None) -> list[float]:
     """Accuracy of an SLA joint head on each single view t_j(x), j = 0..M-1 (argmax over
     classes i of joint(t_j(x))[i*M + j]): how well each view SLA+AG averages is learned."""
     model.eval().to(device)
     m = NUM_VIEWS[transform]
+    batch_size = batch_size or eval_batch_size(images, most=256)
     correct = np.zeros(m)
     for start, batch in zip(range(0, len(images), batch_size), read_all(images, batch_size)):
         x = batch.to(device).float() / 255

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from train.augment import augment
-from train.batches import read_all, read_batches
+from train.batches import eval_batch_size, read_all, read_batches
 from train.distributed import (SINGLE, Context, epoch_order, rank_seed, shard_report,
                                shard_size, weights_checksum)
 
@@ -82,8 +82,9 @@ def _epoch_row(model: nn.Module, val: tuple[torch.Tensor, torch.Tensor], device:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             device: torch.device, batch_size: int = 512) -> float:
+             device: torch.device, batch_size: int | None = None) -> float:
     model.eval()
+    batch_size = batch_size or eval_batch_size(images)
     correct = 0
     for start, batch in zip(range(0, len(images), batch_size), read_all(images, batch_size)):
         logits = model(_as_input(batch, device))["logits"]
