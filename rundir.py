@@ -164,7 +164,9 @@ class RunDirectory:
         images = config.get("images", {})
         shape = metrics.get("input_shape")  # what the run resolved a default size to
         size = tuple(shape[1:]) if shape else parse_image_size(images.get("image_size"))
-        options = DecodeOptions(size, images.get("resize", DEFAULT_POLICY), progress=False)
+        options = DecodeOptions(size, images.get("resize", DEFAULT_POLICY),
+                                workers=images.get("workers", 0),
+                                cache_bytes=int(images.get("cache_mb", 2048) * 2**20), progress=False)
         return load_dataset(config["dataset"], options)
 
     def _redrawn_split(self) -> OpenSetSplit:
@@ -178,9 +180,10 @@ class RunDirectory:
             raise RunDirError(f"{self.path}: no split.npz, and config.json / metrics.json do "
                               f"not describe the split ({type(exc).__name__}: {exc})") from None
 
-    def split_images(self) -> dict[str, np.ndarray]:
+    def split_images(self, train_images: int | None = None) -> dict[str, np.ndarray]:
         """The run's own train / test images (float [0, 1]) and test labels, from the dataset
-        its config names and the indices in split.npz."""
+        its config names and the indices in split.npz; `train_images` keeps only the first
+        that many training images (int8 calibration needs a few hundred, not the whole set)."""
         split = self.read_split()
         data = self.dataset()
         labels = split.relabel(data.labels)
@@ -188,5 +191,5 @@ class RunDirectory:
         def pixels(idx: np.ndarray) -> np.ndarray:
             return np.asarray(data.images[idx], dtype=np.float32) / 255
 
-        return {"train": pixels(split.train), "test_known": pixels(split.test_known),
+        return {"train": pixels(split.train[:train_images]), "test_known": pixels(split.test_known),
                 "test_labels": labels[split.test_known], "test_unknown": pixels(split.test_unknown)}

@@ -3,8 +3,8 @@
 Loading a file dataset:
 1. list the files and their class names;
 2. fix the model's input: channels (RGB when any sampled file has colour) and H x W
-   (`--image-size`, or the median height and width of a seeded sample of file headers,
-   announced in one line);
+   (`--image-size`, or the median height and width of a seeded sample of file headers, scaled
+   down to a longer side of 256 if larger, announced in one line);
 3. scan: decode every file once at that size through the serving resize policy
    (handlers/resize.py), with `workers` processes. A file that cannot be decoded is skipped
    and named (or, with `strict`, stops the load with its name). The scan also fills the cache.
@@ -34,6 +34,7 @@ from handlers.resize import DEFAULT_POLICY
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SIZE_SAMPLE = 256  # file headers read to choose the default image size
 MAX_SIDE = 4096
+DEFAULT_MAX_SIDE = 256  # the default size's longer side at most (--image-size goes higher)
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,14 @@ def choose_geometry(files: Sequence[Path], size: tuple[int, int] | None,
         return channels, size, "--image-size"
     if not headers:  # the scan will name the unreadable files
         return channels, (32, 32), "a placeholder: no sampled file was readable"
-    height = round(statistics.median(h[0] for h in headers))
-    width = round(statistics.median(h[1] for h in headers))
-    return channels, (height, width), f"the median of {len(headers)} sampled files"
+    height = statistics.median(h[0] for h in headers)
+    width = statistics.median(h[1] for h in headers)
+    rule = f"the median of {len(headers)} sampled files"
+    if max(height, width) > DEFAULT_MAX_SIDE:  # camera photos: a trainable size, not 3024 x 4032
+        scale = DEFAULT_MAX_SIDE / max(height, width)
+        height, width = height * scale, width * scale
+        rule += f", scaled to a longer side of {DEFAULT_MAX_SIDE}"
+    return channels, (max(1, round(height)), max(1, round(width))), rule
 
 
 class SharedCache:
@@ -195,6 +201,12 @@ def decode(file: Path, shape: tuple[int, int, int], policy: str) -> np.ndarray:
     """One file at the model's C x H x W by the resize policy (OSError and friends if bad)."""
     channels, height, width = shape
     with Image.open(file) as image:
+        if image.mode in resize.UNSUPPORTED_MODES:
+            raise ValueError(f"mode {image.mode}: 32-bit integer or float images are not "
+                             "supported (the server refuses them too)")
+        if image.mode in resize.SIXTEEN_BIT:  # the server's float path, rounded to 8 bits
+            pixels = resize.read_16bit_grey(image, channels, height, width, policy)
+            return (pixels * 255).round().astype(np.uint8)
         return resize.read_8bit(image, channels, height, width, policy)
 
 
@@ -270,7 +282,10 @@ def load_files(files: Sequence[Path], labels: Sequence[int], options: DecodeOpti
     ids = np.array([i for i in range(len(files)) if i not in bad], np.int64)
     skipped = tuple((str(files[i]), bad[i]) for i in sorted(bad))
     if cache.capacity == len(files):  # everything decoded in memory: an ordinary array
-        images = cache.pixels if not bad else cache.pixels[ids]
+        for start in range(0, len(ids), 256):  # close the gaps in place (ids rise: no overlap)
+            chunk = ids[start:start + 256]
+            cache.pixels[start:start + len(chunk)] = cache.pixels[chunk]
+        images = cache.pixels[:len(ids)]
     else:
         images = FileImages(files, ids, cache, options.policy, options.workers)
     return LoadedFiles(images, np.asarray(labels, np.int64)[ids], skipped, rule)

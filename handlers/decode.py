@@ -5,8 +5,9 @@ Accepted: PNG/JPEG/... bytes; JSON {"image": "<base64 PNG/JPEG>"} or {"pixels": 
 objects (several images, answered in order). Each object may carry "threshold".
 Encoded images are converted when that is unambiguous (RGB <-> grey) and resized by the
 model's resize policy (input_spec.resize in the ONNX metadata, handlers/resize.py): any size
-and aspect ratio, an 8-bit image through `resize.read_8bit`, the very function training
-decodes its folder images with, so the served pixels are the trained ones bit for bit. A file
+and aspect ratio, upright by its EXIF orientation, through the very functions training decodes
+its folder images with (8-bit images: the trained pixels bit for bit; 16-bit grey: before the
+8-bit rounding training stores). A file
 without a policy (exported before they were recorded) resizes only images of the model's aspect
 ratio and refuses others ("wrong_size"). Pixel arrays must already have the model's size.
 """
@@ -27,7 +28,7 @@ from handlers import resize
 MAX_IMAGES_PER_REQUEST = 256
 MAX_PIXELS = 4096 * 4096  # refuse before decoding: a tiny PNG can inflate to gigabytes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")
+SIXTEEN_BIT = resize.SIXTEEN_BIT
 
 
 class InputError(ValueError):
@@ -107,7 +108,10 @@ def _resize_float(pixels: np.ndarray, shape: Shape) -> np.ndarray:
 
 def _decoded(image: Image.Image, shape: Shape) -> np.ndarray:
     """An opened (not yet loaded) image -> C x H x W float32 in [0, 1] at the model's shape."""
-    if shape.resize_policy is not None and image.mode not in (*SIXTEEN_BIT, "I", "F"):
+    if shape.resize_policy is not None and image.mode not in resize.UNSUPPORTED_MODES:
+        if image.mode in resize.SIXTEEN_BIT:  # as training reads it, before its 8-bit rounding
+            return resize.read_16bit_grey(image, shape.channels, shape.height, shape.width,
+                                          shape.resize_policy)
         pixels = resize.read_8bit(image, shape.channels, shape.height, shape.width,
                                   shape.resize_policy)  # uint8 C x H x W, as in training
         return pixels.astype(np.float32) / 255

@@ -1,9 +1,11 @@
 """The resize policy: how an image of any size and aspect ratio becomes the model's H x W.
 
 One function for both sides of the contract: training decodes its folder images with
-`read_8bit`, and the serving decoder (handlers/decode.py) calls the same code on the image a
-client sends, so a photo is resized the same way when it is learned from and when it is
-scored. The policy is recorded in the ONNX metadata (input_spec.resize).
+`read_8bit` (16-bit grey: `read_16bit_grey`, rounded to 8 bits for storage), and the serving
+decoder (handlers/decode.py) calls the same code on the image a client sends, so a photo is
+resized the same way when it is learned from and when it is scored (8-bit files: the same
+pixels bit for bit; 16-bit: within the 8-bit rounding). The policy is recorded in the ONNX
+metadata (input_spec.resize).
 
     center-crop  scale so the image covers H x W (shorter side, relative to the model's aspect
                  ratio, fits), then keep the centre (torchvision's Resize + CenterCrop at ratio 1)
@@ -16,11 +18,14 @@ size): much faster for camera photos, and the same on both sides.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 POLICIES = ("center-crop", "letterbox")
 DEFAULT_POLICY = "center-crop"
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L")
+UNSUPPORTED_MODES = ("I", "F")  # 32-bit integer / float: no agreed scale to [0, 1]
+EXIF_ORIENTATION = 0x0112
 
 
 def covering_size(width: int, height: int, out_width: int, out_height: int,
@@ -60,13 +65,29 @@ def read_8bit(image: Image.Image, channels: int, height: int, width: int,
     """An opened 8-bit-or-less image -> uint8 C x H x W at the model's size by `policy`.
 
     Decodes it (Pillow opens lazily), at a reduced JPEG scale when that still covers the
-    needed size."""
+    needed size, and turns it upright by its EXIF orientation (as a phone photo is seen)."""
     mode = model_mode(channels)
-    need_w, need_h = covering_size(*image.size, width, height, policy)
+    turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn
+    upright_w, upright_h = image.size[::-1] if turned else image.size
+    need_w, need_h = covering_size(upright_w, upright_h, width, height, policy)
+    if turned:
+        need_w, need_h = need_h, need_w  # in the stored image's axes
     if image.format == "JPEG" and image.size[0] >= 2 * need_w and image.size[1] >= 2 * need_h:
         image.draft(mode, (need_w, need_h))
-    pixels = np.array(fit(image.convert(mode), height, width, policy), dtype=np.uint8)  # writable
+    upright = ImageOps.exif_transpose(image)
+    pixels = np.array(fit(upright.convert(mode), height, width, policy), dtype=np.uint8)  # writable
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def read_16bit_grey(image: Image.Image, channels: int, height: int, width: int,
+                    policy: str) -> np.ndarray:
+    """An opened 16-bit grey image -> float32 C x H x W in [0, 1], scaled (not clipped as
+    Pillow's "L" would) and resized in float by `policy`."""
+    if image.mode not in SIXTEEN_BIT:
+        raise ValueError(f"not a 16-bit grey image: mode {image.mode}")
+    grey = Image.fromarray(np.asarray(image, dtype=np.float32) / 65535, "F")
+    pixels = np.asarray(fit(grey, height, width, policy), dtype=np.float32)
+    return np.repeat(pixels[None], channels, axis=0)
 
 
 def native_channels(image: Image.Image) -> int:

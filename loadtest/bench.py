@@ -174,9 +174,8 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
 
         pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
     elif RunDirectory(run_dir).config_path.is_file():  # a trained run: its own images
-        from data.datasets import load_dataset
-
-        pixels_u8 = load_dataset(RunDirectory(run_dir).read_config()["dataset"]).images[:2048]
+        images = RunDirectory(run_dir).dataset().images  # at the run's size and resize policy
+        pixels_u8 = np.asarray(images[:2048])
     else:
         pixels_u8 = rng.integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
     # the scorer is an offline job: give it enough images that start-up is not the figure

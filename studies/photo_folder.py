@@ -2,9 +2,10 @@
 
 What a user's photo folder looks like to the loader, made offline from mnist5k (or, with
 `--source digits`, scikit-learn's 8x8 digits: another domain for transfer runs): each digit is
-drawn in a random colour on a random two-tone background, at a random size and aspect ratio
-(--min-size..--max-size px a side), saved as JPEG (quality 90). `--corrupt` adds that many
-unreadable files (one not an image at all, the rest JPEGs cut in half). Deterministic per --seed.
+drawn in a random colour on a random two-tone background (dark strokes on light, light on
+dark), at a random size and aspect ratio (--min-size..--max-size px a side), saved as JPEG
+(quality 90). `--corrupt` adds that many unreadable files (one not an image at all, the rest
+JPEGs cut in half). Deterministic per --seed.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def photo(digit: np.ndarray, rng: np.random.Generator, min_size: int, max_size: 
     width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
     ink = rng.uniform(0, 1, 3)
     top, bottom = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    # a stroke that stands out, as an object does in a photo: dark on a light background,
+    # light on a dark one (any hue either way)
+    ink = ink * 0.35 if (top.mean() + bottom.mean()) / 2 > 0.5 else 0.65 + ink * 0.35
     alpha = np.asarray(Image.fromarray(digit).resize((width, height), Image.BILINEAR),
                        np.float32)[..., None] / 255
     ramp = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]

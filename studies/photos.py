@@ -116,7 +116,7 @@ def transfer_part(out: Path, seeds: list[int], epochs: int) -> dict:
     target = folder(out / "data/target_digits", per_class=60, min_size=40, max_size=95, corrupt=0,
                     seed=6, source="digits")
     common = ["--arch", "imagenet_resnet18", "--image-size", "64", "--split-seed", "0"]
-    pre = train(["--dataset", f"folder:{source}", *common, "--epochs", "8"], out / "transfer/source",
+    pre = train(["--dataset", f"folder:{source}", *common, "--epochs", "15"], out / "transfer/source",
                 out / "transfer_source.log")
     runs: dict[str, list[dict]] = {"scratch": [], "pretrained": []}
     for seed in seeds:

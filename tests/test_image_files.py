@@ -183,3 +183,23 @@ def test_eval_batches_shrink_with_the_input():
     assert eval_batch_size(np.zeros((1, 3, 32, 32))) == 512
     assert eval_batch_size(np.zeros((1, 3, 224, 224))) == 2**24 // (3 * 224 * 224) == 111
     assert eval_batch_size(np.zeros((1, 3, 4096, 4096))) == 8
+
+
+def test_pretrained_torchvision_weights_bring_imagenet_normalisation(tmp_path):
+    from models.imagenet_resnet import imagenet_resnet18
+    from train.build import IMAGENET_MEAN, build_model
+    from train.config import TrainConfig
+    from train.run_data import load_run_data
+
+    write_photos(tmp_path / "photos", per_class=4, corrupt=False)
+    weights = {k: v + 0.01 for k, v in imagenet_resnet18().state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    torch.save({**weights, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
+               tmp_path / "resnet18.pth")
+    cfg = TrainConfig(dataset=f"folder:{tmp_path / 'photos'}", known="cat,dog", arch="imagenet_resnet18",
+                      epochs=2).override(image_size="32", pretrained=str(tmp_path / "resnet18.pth"))
+    cfg.validate()
+    data = load_run_data(cfg, progress=False)
+    spec, model = build_model(cfg.resolved(3), data, progress=False)
+    assert spec.mean == IMAGENET_MEAN and model.mean.flatten().tolist() == pytest.approx(IMAGENET_MEAN)
+    torch.testing.assert_close(model.backbone.conv1.weight, weights["conv1.weight"])

@@ -186,3 +186,34 @@ def test_contract_refuses_a_policy_it_cannot_apply(tmp_path, resize_spec, messag
     written["input_spec"] = json.dumps({**json.loads(written["input_spec"]), "resize": resize_spec})
     with pytest.raises(ModelFileError, match=message):
         load_model(contract_file(tmp_path / "bad.onnx", written))
+
+
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation():
+    stored = np.zeros((40, 80, 3), np.uint8)  # H x W: left half red, right half blue
+    stored[:, :40, 0] = 255
+    stored[:, 40:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": left becomes top
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        pixels = resize.read_8bit(image, 3, 40, 20, "center-crop")  # 20 wide, 40 tall
+    assert pixels.shape == (3, 40, 20)
+    assert pixels[0, :15].mean() > 200 and pixels[2, :15].mean() < 50  # red on top
+    assert pixels[2, -15:].mean() > 200 and pixels[0, -15:].mean() < 50  # blue below
+    assert np.array_equal(decode_image_bytes(buffer.getvalue(), Shape(3, 40, 20, "center-crop")),
+                          pixels.astype(np.float32) / 255)
+
+
+def test_sixteen_bit_grey_trains_on_the_served_pixels_rounded(tmp_path):
+    from data.image_files import decode
+
+    values = (np.arange(30 * 50, dtype=np.uint16).reshape(30, 50) * 43).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")  # mode I;16
+    served = decode_image_bytes((tmp_path / "deep.png").read_bytes(), Shape(1, 16, 16, "center-crop"))
+    trained = decode(tmp_path / "deep.png", (1, 16, 16), "center-crop")
+    assert trained.dtype == np.uint8 and served.max() > 0.5  # scaled, not clipped to 0/255
+    np.testing.assert_allclose(trained / 255, served, atol=0.5 / 255 + 1e-6)
+    Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "float.tif")  # mode F
+    with pytest.raises(ValueError, match="32-bit integer or float images are not supported"):
+        decode(tmp_path / "float.tif", (1, 8, 8), "center-crop")

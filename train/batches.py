@@ -9,7 +9,6 @@ its workers start once per run.
 """
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -54,16 +53,27 @@ def eval_batch_size(images, most: int = 512) -> int:
     return int(max(8, min(most, EVAL_PIXELS // int(np.prod(images.shape[1:])))))
 
 
-_LOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOADERS: dict[int, DataLoader] = {}  # id(cache) -> the dataset's loader, until release_loaders()
 
 
 def _loader(images: FileImages) -> DataLoader:
-    """The file dataset's one loader (keyed by its cache, which every subset shares)."""
-    if images.cache not in _LOADERS:
-        _LOADERS[images.cache] = DataLoader(_Files(images), batch_sampler=_Batches(),
-                                            num_workers=images.workers, persistent_workers=True,
-                                            prefetch_factor=4)
-    return _LOADERS[images.cache]
+    """The file dataset's one loader (keyed by its cache, which every subset shares). Forked
+    workers inherit the shared cache mapping; nothing is pickled."""
+    key = id(images.cache)
+    if key not in _LOADERS:
+        _LOADERS[key] = DataLoader(_Files(images), batch_sampler=_Batches(),
+                                   num_workers=images.workers, persistent_workers=True,
+                                   prefetch_factor=4, multiprocessing_context="fork")
+    return _LOADERS[key]
+
+
+def release_loaders() -> None:
+    """Stop every loader's worker processes (the end of a run)."""
+    for loader in _LOADERS.values():
+        iterator = loader._iterator  # the persistent workers live in it; DataLoader has no close()
+        if iterator is not None:
+            iterator._shutdown_workers()
+    _LOADERS.clear()
 
 
 def read_batches(images, batches: Sequence[Sequence[int] | torch.Tensor]) -> Iterator[torch.Tensor]:

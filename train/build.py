@@ -1,6 +1,8 @@
 """The build stage of a run: the network (from its ModelSpec) and the method's loss."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -15,6 +17,7 @@ from train.losses.logit_adjusted import LogitAdjustedLoss
 from train.run_data import RunData
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's
 STATISTICS_SAMPLE = 2048  # file images that exceed the cache: normalisation from a sample
 EXACT_STATISTICS_BYTES = 64 * 2**20  # up to this, one float32 pass (the statistics runs had)
 
@@ -65,6 +68,11 @@ def build_model(cfg: TrainConfig, data: RunData,
             report = load_pretrained(model.backbone, cfg.transfer.pretrained)
         except PretrainedError as exc:
             raise UserError(f"--pretrained {exc}") from None
+        if report["source"] == "torchvision" and spec.in_channels == 3:
+            # the weights were learned on images normalised by ImageNet's statistics
+            spec = dataclasses.replace(spec, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+            model.mean.copy_(torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1))
+            model.std.copy_(torch.tensor(IMAGENET_STD).view(1, -1, 1, 1))
         if progress:
             print(f"--pretrained: {report['loaded']} backbone tensors from "
                   f"{cfg.transfer.pretrained} ({report['source']}); a new head", flush=True)

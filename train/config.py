@@ -9,8 +9,10 @@ config (defaults filled in) is written to every run's config.json, nested as her
 from __future__ import annotations
 
 import math
+import multiprocessing
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 
@@ -231,6 +233,9 @@ class ImagesConfig:
         non_negative({"workers": self.workers, "cache-mb": self.cache_mb})
         if not math.isfinite(self.cache_mb):
             raise UserError(f"--cache-mb must be finite, got {self.cache_mb}")
+        if self.workers and "fork" not in multiprocessing.get_all_start_methods():
+            raise UserError("--workers needs fork()ed processes (they share the image cache), "
+                            "which this platform lacks: use --workers 0")
 
 
 @dataclass(frozen=True)
@@ -239,11 +244,14 @@ class TransferConfig:
     pretrained: str | None = setting(None, "backbone weights to start from: a torchvision-format "
                                      "state dict (e.g. resnet18-*.pth; its fc head is replaced) "
                                      "or another run's model.pt", flag="pretrained")
-    head_epochs: int = setting(0, "with --pretrained: train the new head alone (backbone frozen) "
-                               "for this many of the --epochs first")
+    head_epochs: int = setting(0, "with --pretrained: train the new head alone (backbone frozen, "
+                               "its BatchNorm statistics kept) for this many of the --epochs "
+                               "first; the learning-rate schedule spans all --epochs")
 
     def validate(self, epochs: int) -> None:
         non_negative({"head-epochs": self.head_epochs})
+        if self.pretrained is not None and not Path(self.pretrained).is_file():
+            raise UserError(f"--pretrained {self.pretrained}: no such file")
         if self.head_epochs and self.pretrained is None:
             raise UserError("--head-epochs trains a new head on pretrained features: it needs "
                             "--pretrained")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
+from data.image_files import FileImages
 from rundir import Checkpoint, RunDirectory, RunDirError
+from train.batches import release_loaders
 from train.build import build_model
 from cli_errors import UserError
 from train.config import OLD_NAMES, TrainConfig
@@ -35,29 +37,37 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     device = ctx.device(cfg.device)
     teacher = load_teacher(cfg, data)
     spec, model = build_model(cfg, data, progress and ctx.is_main)
-    fitted = fit_model(cfg, data, model, device, teacher, progress, ctx)
+    try:
+        fitted = fit_model(cfg, data, model, device, teacher, progress, ctx)
 
-    def evaluate_and_write() -> dict:
-        result = evaluate_run(cfg, data, model, spec, fitted, device)
-        metrics = result.metrics
-        metrics["machine"].update(world_size=ctx.world_size, backend=ctx.backend,
-                                  per_process_batch=cfg.batch_size // ctx.world_size)
-        if "m2m" in metrics:
-            metrics["m2m"]["g_train_seconds"] = steering_seconds
-            print_m2m_summary(metrics["m2m"]["per_class"])
-        write(out, asked, cfg, data, model, result)
-        return metrics
+        def evaluate_and_write() -> dict:
+            result = evaluate_run(cfg, data, model, spec, fitted, device)
+            metrics = result.metrics
+            metrics["machine"].update(world_size=ctx.world_size, backend=ctx.backend,
+                                      per_process_batch=cfg.batch_size // ctx.world_size)
+            if "m2m" in metrics:
+                metrics["m2m"]["g_train_seconds"] = steering_seconds
+                print_m2m_summary(metrics["m2m"]["per_class"])
+            write(out, asked, cfg, data, model, result)
+            return metrics
 
-    return ctx.on_main(evaluate_and_write)  # rank 0's metrics (or its error) on every rank
+        return ctx.on_main(evaluate_and_write)  # rank 0's metrics (or its error) on every rank
+    finally:
+        release_loaders()  # a streamed dataset's DataLoader workers
 
 
 def checked(cfg: TrainConfig) -> tuple[TrainConfig, RunData]:
     """The config validated (also for the torchrun world size) and resolved, and its data."""
     cfg.validate()
     cfg.check_world_size(world_size_from_env())
-    data = load_run_data(cfg)
+    is_main = context(cfg.device).is_main
+    data = load_run_data(cfg, progress=is_main)
+    if isinstance(data.dataset.images, FileImages) and (cfg.long_tail.m2m.enabled or cfg.long_tail.drs):
+        raise UserError(f"--m2m and --drs draw from the whole training split in memory, but the "
+                        f"images exceed --cache-mb {cfg.images.cache_mb:g}: raise it above "
+                        f"{data.dataset.images.cache.image_bytes * len(data.dataset.images) / 2**20:.0f}")
     skipped = data.dataset.skipped
-    if skipped and context(cfg.device).is_main:
+    if skipped and is_main:
         print(f"skipped {len(skipped)} unreadable image file(s) of "
               f"{len(skipped) + len(data.dataset.labels)} (listed in {cfg.out}/skipped.txt; "
               f"--strict stops instead)", flush=True)
@@ -116,6 +126,8 @@ def print_m2m_summary(per_class: dict[str, dict]) -> None:
                   f"accepted {row['accepted']} ({row['accepted'] / row['generated']:.0%})", flush=True)
 
 
+# settings that do not change what a run computes (where it goes; how its files are read)
+NO_EFFECT = ("out", "workers", "cache_mb", "strict")
 # settings a run written before them ran with, where that differs from today's default
 LEGACY_DEFAULTS = {"detector": "none"}
 
@@ -133,7 +145,7 @@ def finished_run(cfg: TrainConfig) -> dict | None:
         saved = TrainConfig.from_dict(saved).flat()
     else:  # the flat config.json of a run before the sections: only the settings it knew
         saved = {OLD_NAMES.get(k, k): v for k, v in saved.items()}
-    wanted = {k: v for k, v in cfg.flat().items() if v is not None and k != "out"
+    wanted = {k: v for k, v in cfg.flat().items() if v is not None and k not in NO_EFFECT
               and (cfg.method == "sla" or not k.startswith("sla_"))}
     defaults = {**TrainConfig().flat(), **LEGACY_DEFAULTS}  # a setting newer than the run
     return metrics if all(saved.get(k, defaults[k]) == v for k, v in wanted.items()) else None

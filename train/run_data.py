@@ -63,10 +63,10 @@ class RunData:
         return torch.from_numpy(np.asarray(self.images(part)[:])), torch.from_numpy(self.part_labels(part))
 
 
-def load_run_data(cfg: TrainConfig) -> RunData:
+def load_run_data(cfg: TrainConfig, progress: bool = True) -> RunData:
     """--dataset split by --known / --num-known and --split-seed; --imbalance thins the training
     part only (validation and test stay as drawn)."""
-    data = load_dataset(cfg.dataset, decode_options(cfg))
+    data = load_dataset(cfg.dataset, decode_options(cfg, progress))
     known = (parse_known(cfg.known, data.class_names) if cfg.known
              else draw_known_classes(data.num_classes, cfg.num_known, cfg.split_seed))
     split = open_set_split(data.labels, known, cfg.split_seed, cfg.val_fraction, cfg.test_fraction)
