@@ -21,7 +21,7 @@ MAX_P95_MS ?= 1000
 KSERVE_PORT ?= 8085
 
 .PHONY: serve stop serve-kserve stop-kserve test test-fast train export protocol load bench \
-	bench-logging drills soak clean-venv
+	bench-logging drills soak photos clean-venv
 
 # pyproject.toml is the one dependency list; the stamp re-installs when it changes.
 $(STAMP): pyproject.toml
@@ -100,6 +100,10 @@ soak: model_store/$(MODEL).mar
 
 protocol: $(STAMP)
 	$(PY) -m studies.protocol --dataset mnist5k --train-seeds 0,1 --out runs/protocol
+
+# Photo folders: in memory vs streamed, the cache bound, pretrained vs scratch (~25 min).
+photos: $(STAMP)
+	$(PY) -m studies.photos --out runs/photos
 
 clean-venv:
 	rm -rf $(VENV)
