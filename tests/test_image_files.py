@@ -128,6 +128,10 @@ def test_past_the_cache_bound_images_stream_with_the_same_pixels(tmp_path):
     np.testing.assert_array_equal(next(read_batches(subset, [np.array([1, 0])])).numpy(),
                                   in_memory.images[[3, 11]])
     assert len(batches_module._LOADERS) == loaders  # one loader (one set of workers) per dataset
+    workers = batches_module._LOADERS[id(images.cache)]._iterator._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    batches_module.release_loaders()  # what the end of a run does
+    assert not batches_module._LOADERS and not any(w.is_alive() for w in workers)
 
 
 def test_arrays_resized_to_image_size():
