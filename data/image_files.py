@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from cli_errors import UserError
 from handlers import resize
+from handlers.batch_sources import IMAGE_SUFFIXES
 from handlers.resize import DEFAULT_POLICY
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SIZE_SAMPLE = 256  # file headers read to choose the default image size
 MAX_SIDE = 4096
 DEFAULT_MAX_SIDE = 256  # the default size's longer side at most (--image-size goes higher)
@@ -107,8 +107,8 @@ def _header(file: Path) -> tuple[int, int, int] | None:
         return None
 
 
-def choose_geometry(files: Sequence[Path], size: tuple[int, int] | None,
-                    source: str) -> tuple[int, tuple[int, int], str]:
+def choose_geometry(files: Sequence[Path],
+                    size: tuple[int, int] | None) -> tuple[int, tuple[int, int], str]:
     """(channels, (H, W), how the size was chosen) from a seeded sample of headers."""
     rng = np.random.default_rng(0)
     sample = [files[i] for i in sorted(rng.permutation(len(files))[:SIZE_SAMPLE])]
@@ -129,18 +129,15 @@ def choose_geometry(files: Sequence[Path], size: tuple[int, int] | None,
 
 
 class SharedCache:
-    """Decoded images of file ids 0..capacity-1, in memory every forked process shares."""
+    """Decoded images of file ids 0..capacity-1, in memory every forked process shares. The
+    scan fills it: every readable file below `capacity` is in it before anything reads."""
 
     def __init__(self, n_files: int, shape: tuple[int, int, int], bound_bytes: int):
         self.shape = shape
         self.image_bytes = int(np.prod(shape))
         self.capacity = int(min(n_files, max(0, bound_bytes) // self.image_bytes))
-        size = self.capacity * (self.image_bytes + 1)
-        self._buffer = mmap.mmap(-1, max(1, size))  # anonymous, MAP_SHARED: survives fork
-        self.pixels = np.frombuffer(self._buffer, np.uint8, self.capacity * self.image_bytes
-                                    ).reshape(self.capacity, *shape)
-        self.filled = np.frombuffer(self._buffer, np.uint8, self.capacity,
-                                    offset=self.capacity * self.image_bytes)
+        self._buffer = mmap.mmap(-1, max(1, self.nbytes))  # anonymous, MAP_SHARED: survives fork
+        self.pixels = np.frombuffer(self._buffer, np.uint8, self.nbytes).reshape(self.capacity, *shape)
 
     @property
     def nbytes(self) -> int:
@@ -174,14 +171,9 @@ class FileImages:
 
     def load_file(self, file_id: int) -> np.ndarray:
         """The image of file `file_id` (an index into `files`, whichever subset this is)."""
-        cache = self.cache
-        if file_id < cache.capacity and cache.filled[file_id]:
-            return cache.pixels[file_id].copy()
-        pixels = decode(self.files[file_id], cache.shape, self.policy)
-        if file_id < cache.capacity:
-            cache.pixels[file_id] = pixels
-            cache.filled[file_id] = 1
-        return pixels
+        if file_id < self.cache.capacity:  # the scan put it there
+            return self.cache.pixels[file_id].copy()
+        return decode(self.files[file_id], self.cache.shape, self.policy)
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, (int, np.integer)):
@@ -223,7 +215,6 @@ def _scan_one(file_id: int) -> tuple[int, str | None]:
         return file_id, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if file_id < cache.capacity:
         cache.pixels[file_id] = pixels
-        cache.filled[file_id] = 1
     return file_id, None
 
 
@@ -263,13 +254,12 @@ class LoadedFiles:
     images: np.ndarray | FileImages  # N x C x H x W uint8, readable files only
     labels: np.ndarray
     skipped: tuple[tuple[str, str], ...]  # (file, why)
-    size_rule: str
 
 
 def load_files(files: Sequence[Path], labels: Sequence[int], options: DecodeOptions,
                source: str) -> LoadedFiles:
     """Steps 2-4 of the module docstring."""
-    channels, (height, width), rule = choose_geometry(files, options.size, source)
+    channels, (height, width), rule = choose_geometry(files, options.size)
     if options.progress:
         print(f"{source}: {len(files)} files; input {channels} x {height} x {width} ({rule}), "
               f"resize {options.policy}", flush=True)
@@ -288,4 +278,4 @@ def load_files(files: Sequence[Path], labels: Sequence[int], options: DecodeOpti
         images = cache.pixels[:len(ids)]
     else:
         images = FileImages(files, ids, cache, options.policy, options.workers)
-    return LoadedFiles(images, np.asarray(labels, np.int64)[ids], skipped, rule)
+    return LoadedFiles(images, np.asarray(labels, np.int64)[ids], skipped)

@@ -28,7 +28,6 @@ from handlers import resize
 MAX_IMAGES_PER_REQUEST = 256
 MAX_PIXELS = 4096 * 4096  # refuse before decoding: a tiny PNG can inflate to gigabytes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
-SIXTEEN_BIT = resize.SIXTEEN_BIT
 
 
 class InputError(ValueError):
@@ -81,7 +80,7 @@ def parse_threshold(value: object) -> float | None:
 
 def _image_pixels(image: Image.Image, channels: int) -> np.ndarray:
     """H x W (x C) float32 in [0, 1]; 16-bit grey is scaled, not clipped by Pillow's "L"."""
-    if image.mode in SIXTEEN_BIT:
+    if image.mode in resize.SIXTEEN_BIT:
         grey = np.asarray(image, dtype=np.float32) / 65535
         return grey if channels == 1 else np.repeat(grey[..., None], 3, axis=2)
     if image.mode in ("I", "F"):

@@ -72,15 +72,23 @@ def folder(path: Path, **kwargs) -> Path:
     return path
 
 
+def interleaved(modes: dict[str, list[str]], rounds: int, out: Path, part: str) -> dict[str, list[dict]]:
+    """Each mode's training flags run once per round, the modes alternating (ABAB...): the
+    machine's drift hits every mode alike. {mode: [one result per round]}."""
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for round_ in range(rounds):
+        for mode, flags in modes.items():
+            runs[mode].append(train(flags, out / f"{part}/{mode}{round_}",
+                                    out / f"{part}_{mode}{round_}.log"))
+    return runs
+
+
 def stream_part(out: Path, rounds: int) -> dict:
     photos = folder(out / "data/photos", per_class=80, min_size=40, max_size=95, corrupt=2, seed=0)
     common = ["--dataset", f"folder:{photos}", "--epochs", "5", "--detector", "none"]
-    modes = {"in_memory": ["--workers", "0"], "streamed_2_workers": ["--workers", "2", "--cache-mb", "0"]}
-    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
-    for round_ in range(rounds):  # ABAB: the machine's drift hits both modes alike
-        for mode, flags in modes.items():
-            runs[mode].append(train(common + flags, out / f"stream/{mode}{round_}",
-                                    out / f"stream_{mode}{round_}.log"))
+    runs = interleaved({"in_memory": [*common, "--workers", "0"],
+                        "streamed_2_workers": [*common, "--workers", "2", "--cache-mb", "0"]},
+                       rounds, out, "stream")
     speed = {mode: float(np.median([r["train_images_per_s"] for r in rs])) for mode, rs in runs.items()}
     return {"runs": runs, "median_images_per_s": speed,
             "streamed_over_in_memory": speed["streamed_2_workers"] / speed["in_memory"],
@@ -95,12 +103,9 @@ def cache_part(out: Path, size: int, per_class: int, rounds: int) -> dict:
     bound_mb = decoded_mb / 4
     common = ["--image-size", str(size), "--epochs", "1", "--width", "0.25", "--detector", "none",
               "--workers", "2", "--batch-size", "32"]  # a light model: the data's share shows
-    modes = (("no_cache", "0"), ("bounded", f"{bound_mb:.2f}"), ("in_memory", "100000"))
-    repeats: dict[str, list[dict]] = {name: [] for name, _ in modes}
-    for round_ in range(rounds):  # interleaved: peaks move with the machine's state
-        for name, cache_mb in modes:
-            repeats[name].append(train(["--dataset", f"folder:{big}", *common, "--cache-mb", cache_mb],
-                                       out / f"cache/{name}{round_}", out / f"cache_{name}{round_}.log"))
+    modes = {"no_cache": "0", "bounded": f"{bound_mb:.2f}", "in_memory": "100000"}
+    repeats = interleaved({name: ["--dataset", f"folder:{big}", *common, "--cache-mb", cache_mb]
+                           for name, cache_mb in modes.items()}, rounds, out, "cache")
     runs = {name: dict(rs[0], peak_pss_mb=float(np.median([r["peak_pss_mb"] for r in rs])),
                        peaks_mb=[r["peak_pss_mb"] for r in rs]) for name, rs in repeats.items()}
     base = runs["no_cache"]["peak_pss_mb"]

@@ -6,6 +6,8 @@ from the state dict alone.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,13 +97,14 @@ def save(tmp_path, state: object, name: str = "weights.pth"):
     return path
 
 
-def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.clone() for key, value in module.state_dict().items()}
-
-
-def assert_unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = module.state_dict()
+def refused(network: torch.nn.Module, path: Path) -> str:
+    """load_pretrained's error message; the network's weights must be left as they were."""
+    before = {key: value.clone() for key, value in network.state_dict().items()}
+    with pytest.raises(PretrainedError) as excinfo:
+        load_pretrained(network, path)
+    after = network.state_dict()
     assert all(torch.equal(after[key], value) for key, value in before.items())
+    return str(excinfo.value)
 
 
 @pytest.mark.parametrize("depth", [18, 34])
@@ -223,11 +226,7 @@ def test_run_checkpoint_of_another_backbone(tmp_path):
 def test_wrong_architecture_is_refused_untouched(tmp_path, file_depth, network, message):
     path = save(tmp_path, torchvision_state_dict(file_depth))
     network = network()
-    before = snapshot(network)
-    with pytest.raises(PretrainedError) as excinfo:
-        load_pretrained(network, path)
-    assert str(excinfo.value) == message.format(path=path)
-    assert_unchanged(network, before)
+    assert refused(network, path) == message.format(path=path)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -246,11 +245,7 @@ def test_bad_values_are_refused_untouched(tmp_path, key, value, message):
         state[key] = value
     path = save(tmp_path, state)
     network = imagenet_resnet18()
-    before = snapshot(network)
-    with pytest.raises(PretrainedError) as excinfo:
-        load_pretrained(network, path)
-    assert str(excinfo.value) == message.format(path=path)
-    assert_unchanged(network, before)
+    assert refused(network, path) == message.format(path=path)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -262,12 +257,8 @@ def test_unreadable_file_is_one_line(tmp_path, content, message):
     path = tmp_path / "weights.pth"
     path.write_bytes(content)
     network = imagenet_resnet18()
-    before = snapshot(network)
-    with pytest.raises(PretrainedError) as excinfo:
-        load_pretrained(network, path)
-    assert str(excinfo.value).startswith(message.format(path=path))
-    assert "\n" not in str(excinfo.value)
-    assert_unchanged(network, before)
+    error = refused(network, path)
+    assert error.startswith(message.format(path=path)) and "\n" not in error
 
 
 def test_pickled_module_is_refused(tmp_path):
