@@ -221,7 +221,7 @@ def stop(workdir: Path, env: dict | None = None, timeout: float = 30) -> dict:
     """Graceful, bounded stop: SIGTERM to the frontend (what torchserve --stop sends); TorchServe
     closes its listeners, answers the requests in flight and exits. Whatever is left of it after
     `timeout` seconds (frontend or workers) is killed. Returns the seconds it took, how many
-    processes were found and killed, and `signalled_at` (time.perf_counter() of the SIGTERM)."""
+    processes were found and killed, and `signalled_at` (time.perf_counter() just before the SIGTERM)."""
     import psutil
 
     environment = environment_with(env)
@@ -231,11 +231,11 @@ def stop(workdir: Path, env: dict | None = None, timeout: float = 30) -> dict:
         subprocess.run([str(BIN / "torchserve"), "--stop"], cwd=workdir, env=environment,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         return {"seconds": time.perf_counter() - started, "found": 0, "killed": 0, "signalled_at": None}
+    signalled_at = time.perf_counter()  # taken before: a request written earlier preceded the signal
     try:
         processes[0].terminate()
     except psutil.Error:
         pass
-    signalled_at = time.perf_counter()
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:
         try:

@@ -39,8 +39,9 @@ WORKER = "model_service_worker"
 
 class Traffic(ClientThreads):
     """`clients` closed-loop keep-alive clients POSTing `body` until stopped; every request is
-    recorded as (sent, done, outcome, version): outcome an HTTP status (5xx with TorchServe's
-    message, e.g. '500 Worker died.') or an exception name."""
+    recorded as (sent, done, outcome, version): `sent` is when the whole request was written
+    (a request that failed before that counts as sent when it failed), outcome an HTTP status
+    (5xx with TorchServe's message, e.g. '500 Worker died.') or an exception name."""
 
     def __init__(self, server: dict, model: str, body: bytes, content_type: str = "image/png",
                  clients: int = CLIENTS):
@@ -50,20 +51,32 @@ class Traffic(ClientThreads):
         self.headers = {"Content-Type": content_type, "Authorization": f"Bearer {server['key']}"}
         self.body = body
         self.records: list[tuple[float, float, int | str, str | None]] = []
+        self.answered = [0] * clients  # 200s per client, each written by its own thread
+
+    def wait_answered(self, timeout: float = 60) -> None:
+        """Until every client has had a 200: the server is answering this load (a fresh or
+        restarted worker on a busy machine can take seconds), so a drill starts from steady state."""
+        deadline = time.perf_counter() + timeout
+        while min(self.answered) == 0:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{self.answered.count(0)} of {len(self.answered)} clients had "
+                                   f"no answer within {timeout:.0f} s")
+            time.sleep(0.05)
 
     def client(self, index: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         mine = []
         while self.running.is_set():
-            sent = time.perf_counter()
-            version = None
+            sent, version = None, None
             try:
                 connection.request("POST", self.path, body=self.body, headers=self.headers)
+                sent = time.perf_counter()  # the whole request is written: from here it is in flight
                 response = connection.getresponse()
                 text = response.read()
                 outcome: int | str = response.status
                 if response.status == 200:
                     version = json.loads(text).get("model", {}).get("version")
+                    self.answered[index] += 1
                 elif response.status >= 500:  # TorchServe's own: its message says which fault
                     outcome = f"{response.status} {json.loads(text).get('message', '')}".strip()
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -71,7 +84,8 @@ class Traffic(ClientThreads):
                 connection.close()
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
                 time.sleep(0.01)  # a refused connect returns at once: do not spin
-            mine.append((sent, time.perf_counter(), outcome, version))
+            done = time.perf_counter()
+            mine.append((done if sent is None else sent, done, outcome, version))  # unwritten: never sent
         connection.close()
         with self.lock:
             self.records.extend(mine)
@@ -90,6 +104,7 @@ def worker_kill_drill(server: dict, env: dict, model: str, body: bytes, before: 
                       after: float = 4.0) -> dict:
     """SIGKILL the backend worker(s) under load; failed requests and the recovery time."""
     with Traffic(server, model, body) as traffic:
+        traffic.wait_answered()
         time.sleep(before)
         workers = [p for p in frontend_processes(environment_with(env))
                    if any(WORKER in part for part in p.cmdline())]
@@ -115,6 +130,7 @@ def rollout_drill(server: dict, workdir: Path, store: Path, model: str, onnx: Pa
                       say=lambda line: None)
     events: dict[str, float] = {}
     with Traffic(server, model, body) as traffic:
+        traffic.wait_answered()
         time.sleep(settle)
         started = time.perf_counter()
         events["rollout"] = 0.0
@@ -141,6 +157,7 @@ def stop_drill(workdir: Path, env: dict, server: dict, model: str, body: bytes,
     """stop() under load: the requests in flight when the SIGTERM went out (sent before it,
     answered or failed after it), and those sent after it."""
     with Traffic(server, model, body) as traffic:
+        traffic.wait_answered()
         time.sleep(before)
         result = stop(workdir, env=env, timeout=timeout)
         time.sleep(0.5)
