@@ -82,7 +82,7 @@ load: $(STAMP)
 
 # Side-by-side throughput/latency benchmark (needs no running server; starts its own).
 bench: $(RUN_DIR)/model.pt
-	$(PY) loadtest/bench.py --run-dir $(RUN_DIR) --out runs/bench $(if $(BENCH_RESNET),--resnet-run-dir $(BENCH_RESNET))
+	$(PY) loadtest/bench.py --run-dir $(RUN_DIR) --out runs/bench $(if $(BENCH_RESNET),--resnet-run-dir $(BENCH_RESNET)) $(if $(BENCH_RESNET_SIZE),--resnet-size $(BENCH_RESNET_SIZE))
 
 # TorchServe's default logging against log4j2.xml on the small model, ABAB rounds (~5 min).
 bench-logging: model_store/$(MODEL).mar

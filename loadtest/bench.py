@@ -18,9 +18,11 @@ gains from its place (a JVM or caches still warming, drift of a shared host). Ea
 (ours / stock, KServe / TorchServe, ...) is computed per round from that round's phases and
 reported as its median and spread ((max - min) / median) over the --rounds rounds; throughput
 counts answered requests only, errors are reported per phase.
-Models: the default small CNN run (28x28 grey) and a CIFAR ResNet-18 (32x32 RGB): random
-weights, or a trained run given with --resnet-run-dir whose gate-checked int8 export
-(`python -m export RUN --out RUN/model.onnx --int8`) is then the one served as int8. Both
+Models: the default small CNN run (28x28 grey) and the photo backbone, an ImageNet-style
+ResNet-18 (7x7 stem) at --resnet-size (default 64 x 64 RGB, the size of the photo study):
+random weights, or a trained run given with --resnet-run-dir (any size; its own images) whose
+gate-checked int8 export (`python -m export RUN --out RUN/model.onnx --int8`) is then the one
+served as int8. Both
 servers get 1 worker and the same number of threads (onnxruntime / torch), and run
 in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end;
 the KServe fronts on 18085-18086, started per model.
@@ -53,6 +55,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cli_errors import OneLineErrorParser  # noqa: E402
 from export.archive import build_archive  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
@@ -72,20 +75,25 @@ WARM_WINDOW_S, WARM_TOLERANCE = 2.0, 0.05
 WARM_MAX_SECONDS = 20.0
 SPLIT_PHASE = "server_single_image"  # the phase the server-side time split is taken around
 MEDIAN_FIELDS = ("req_per_s", "images_per_s", "p50_ms", "p95_ms", "p99_ms")
+# the 7x7 stem and 4 stride-2 stages need 32 px; 64 noise PNGs of 128 x 128 RGB (49 KB each) as
+# base64 JSON stay under config.properties' max_request_size (6.5 MB), 160 px would not
+MIN_RESNET_SIZE, MAX_RESNET_SIZE = 32, 128
 
 
-def resnet_run(run_dir: Path) -> Path:
-    """A run directory holding a random-weight ResNet-18 ARPL model (throughput only)."""
+def resnet_run(run_dir: Path, size: int) -> Path:
+    """A run directory holding a random-weight ImageNet-style ResNet-18 ARPL model taking
+    size x size RGB (throughput only)."""
     torch.manual_seed(0)
-    spec = ModelSpec(arch="resnet18", in_channels=3, num_classes=10, head="reciprocal",
-                     points_per_class=4, feature_scale=8.0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    spec = ModelSpec(arch="imagenet_resnet18", in_channels=3, num_classes=10, head="reciprocal",
+                     points_per_class=4, feature_scale=8.0, mean=(0.485, 0.456, 0.406),
+                     std=(0.229, 0.224, 0.225))
     model = build_classifier(spec).eval()
     directory = RunDirectory(run_dir)
     directory.create()
     directory.write_checkpoint(Checkpoint(
         model_spec=spec.to_dict(), state_dict=model.state_dict(),
-        class_names=[str(i) for i in range(10)], input_shape=[3, 32, 32], method="arpl",
-        threshold=0.0, threshold_rule="none (random weights)"))
+        class_names=[str(i) for i in range(10)], input_shape=[3, size, size], method="arpl",
+        threshold=0.0, threshold_rule="none (random weights)", resize_policy="center-crop"))
     directory.write_metrics({"closed_acc": 0.0, "auroc": 0.5})
     return run_dir
 
@@ -177,7 +185,7 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
         images = RunDirectory(run_dir).dataset().images  # at the run's size and resize policy
         pixels_u8 = np.asarray(images[:2048])
     else:
-        pixels_u8 = rng.integers(0, 256, (2048, 3, 32, 32), dtype=np.uint8)
+        pixels_u8 = rng.integers(0, 256, (2048, 3, shape.height, shape.width), dtype=np.uint8)
     # the scorer is an offline job: give it enough images that start-up is not the figure
     np.savez(workdir / f"{name}.npz", x=np.tile(pixels_u8, (8 if shape.channels == 1 else 1, 1, 1, 1)))
     images = pixels_u8.astype(np.float32) / 255
@@ -413,8 +421,8 @@ def markdown_report(results: dict, rounds: int, seconds: float, concurrency: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python loadtest/bench.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(prog="python loadtest/bench.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/default", help="the small-CNN run")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--seconds", type=float, default=8.0,
@@ -423,10 +431,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4,
                         help="interleaved rounds, at least 3 (even: as many forward as reversed)")
     parser.add_argument("--resnet-run-dir", default=None,
-                        help="a trained ResNet-18 run (default: random weights)")
+                        help="a trained ResNet-18 run, at its own size (default: random weights)")
+    parser.add_argument("--resnet-size", type=int, default=64,
+                        help="input side of the random-weight ImageNet ResNet-18, 32..128 (64 x 64 "
+                             "PNGs of noise: 64 of them fit TorchServe's max_request_size as JSON)")
     args = parser.parse_args(argv)
     if args.rounds < 3:
         parser.error(f"--rounds must be at least 3 for a median and a spread, not {args.rounds}")
+    if not MIN_RESNET_SIZE <= args.resnet_size <= MAX_RESNET_SIZE:
+        parser.error(f"--resnet-size must be {MIN_RESNET_SIZE}..{MAX_RESNET_SIZE}, not {args.resnet_size}")
     return args
 
 
@@ -437,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     store = workdir / "store"
     resnet = (Path(args.resnet_run_dir) if args.resnet_run_dir
-              else resnet_run(workdir / "resnet_run"))
+              else resnet_run(workdir / "resnet_run", args.resnet_size))
     runs = {"smallcnn": Path(args.run_dir), "resnet18": resnet}
     results = {name: bench_model(name, run, workdir, store, args.seconds) for name, run in runs.items()}
     config = bench_config(workdir, store, list(runs))

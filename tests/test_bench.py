@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
+from handlers.server import read_properties
 from loadtest import bench
+from rundir import RunDirectory
+from tests.conftest import ROOT
 
 # the ratios `make bench` reported before the rounds were interleaved (ratios(), front_ratios())
 EARLIER_RATIOS = {
@@ -112,7 +117,35 @@ def test_fewer_than_three_rounds_refused(rounds, capsys):
 
 def test_defaults_are_four_rounds_of_eight_seconds():
     args = bench.parse_args([])
-    assert (args.rounds, args.seconds) == (4, 8.0)
+    assert (args.rounds, args.seconds, args.resnet_size) == (4, 8.0, 64)
+
+
+@pytest.mark.parametrize("size", ["31", "129", "0"])
+def test_resnet_size_outside_its_range_is_one_line(size, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--resnet-size", size])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--resnet-size must be 32..128, not {size}" in err
+
+
+def test_the_largest_resnet_size_keeps_64_noise_pngs_under_max_request_size():
+    rng = np.random.default_rng(0)
+    side = bench.MAX_RESNET_SIZE
+    pngs = [bench.png_bytes(rng.integers(0, 256, (3, side, side), dtype=np.uint8)) for _ in range(64)]
+    loads = bench.phase_loads("m", 1, "k", pngs, 8)
+    biggest = max(len(body) for phase in ("server_multi_image_64", "kserve_64_json")
+                  for body, _ in loads[phase][2])
+    limit = int(read_properties(ROOT / "config.properties")["max_request_size"])
+    assert 0.5 * limit < biggest < limit  # near the bound: a larger size would not fit
+
+
+def test_random_weight_resnet_is_the_imagenet_backbone_at_the_size(tmp_path):
+    checkpoint = RunDirectory(bench.resnet_run(tmp_path / "r", 48)).read_checkpoint()
+    assert checkpoint.model_spec["arch"] == "imagenet_resnet18"
+    assert checkpoint.input_shape == [3, 48, 48] and checkpoint.resize_policy == "center-crop"
+    out = checkpoint.classifier()(torch.zeros(2, 3, 48, 48))
+    assert out["logits"].shape == (2, 10)
 
 
 def test_markdown_table_has_one_row_per_ratio():
