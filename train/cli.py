@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
         metrics = run(cfg)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # one write: print() writes the text and its newline apart, and under torchrun the
+        # ranks share one stderr, so two ranks' lines could interleave
+        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.flush()
         shutdown()  # every rank raised the same error (torchrun): leave together
         return 2
     except KeyboardInterrupt:
