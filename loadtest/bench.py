@@ -20,12 +20,13 @@ reported as its median and spread ((max - min) / median) over the --rounds round
 counts answered requests only, errors are reported per phase.
 Models: the default small CNN run (28x28 grey) and the photo backbone, an ImageNet-style
 ResNet-18 (7x7 stem) at --resnet-size (default 64 x 64 RGB, the size of the photo study):
-random weights, or a trained run given with --resnet-run-dir (any size; its own images) whose
-gate-checked int8 export (`python -m export RUN --out RUN/model.onnx --int8`) is then the one
-served as int8. Both
-servers get 1 worker and the same number of threads (onnxruntime / torch), and run
-in one TorchServe started here on 127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end;
-the KServe fronts on 18085-18086, started per model.
+random weights, or a trained run given with --resnet-run-dir (at its own size, on its own
+images) whose gate-checked int8 export (`python -m export RUN --out RUN/model.onnx --int8`) is
+then the one served as int8. A model whose 64-image requests would exceed config.properties'
+max_request_size is refused before anything starts. Both servers get 1 worker and the same
+number of threads (onnxruntime / torch), and run in one TorchServe started here on
+127.0.0.1:18080 (TMPDIR-isolated) and stopped at the end; the KServe fronts on 18085-18086,
+started per model.
 Writes runs/bench/bench.json, bench.md (the ratio table), bench.png and fronts.png.
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ from export.onnx_export import export_onnx  # noqa: E402
 from handlers.batch_score import score  # noqa: E402
 from handlers.kserve_server import wait_until_ready as kserve_ready  # noqa: E402
 from handlers.predictor import Predictor  # noqa: E402
-from handlers.server import start, stop, write_config  # noqa: E402
+from handlers.server import read_properties, start, stop, write_config  # noqa: E402
 from loadtest.closed_loop import http_load, spread, warm_until_settled  # noqa: E402
 from models import ModelSpec, build_classifier  # noqa: E402
 from rundir import Checkpoint, RunDirectory  # noqa: E402
@@ -75,9 +76,14 @@ WARM_WINDOW_S, WARM_TOLERANCE = 2.0, 0.05
 WARM_MAX_SECONDS = 20.0
 SPLIT_PHASE = "server_single_image"  # the phase the server-side time split is taken around
 MEDIAN_FIELDS = ("req_per_s", "images_per_s", "p50_ms", "p95_ms", "p99_ms")
-# the 7x7 stem and 4 stride-2 stages need 32 px; 64 noise PNGs of 128 x 128 RGB (49 KB each) as
-# base64 JSON stay under config.properties' max_request_size (6.5 MB), 160 px would not
-MIN_RESNET_SIZE, MAX_RESNET_SIZE = 32, 128
+# the network downsamples by 32 (1 x 1 at 32 px); at 128 px, 64 noise PNGs (49 KB each) as base64
+# JSON are a 4.2 MB request, well inside config.properties' max_request_size (6.5 MB; 160 px is not)
+MIN_RESNET_SIZE, MAX_RESNET_SIZE, DEFAULT_RESNET_SIZE = 32, 128, 64
+RANDOM_RUN = "resnet_run"  # the random-weight ResNet-18's run directory, in the bench's workdir
+
+
+class BenchError(Exception):
+    """A model this benchmark cannot measure as asked: one line, exit 2."""
 
 
 def resnet_run(run_dir: Path, size: int) -> Path:
@@ -202,7 +208,23 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
                     progress=False)
     result["batch_scorer_images_per_s"] = summary["images_per_s"]
     result["pngs"] = [png_bytes(p) for p in pixels_u8[:256]]
+    check_request_size(name, result["pngs"])
+    checkpoint = RunDirectory(run_dir).read_checkpoint()
+    result["model"] = {"arch": checkpoint.model_spec["arch"], "input_shape": list(checkpoint.input_shape),
+                       "weights": "random" if run_dir == workdir / RANDOM_RUN else str(run_dir)}
     return result
+
+
+def check_request_size(name: str, pngs: list[bytes]) -> None:
+    """Refuse a model whose 64-image JSON requests (TorchServe's list, OIP's) would exceed
+    config.properties' max_request_size: TorchServe would reset them, not measure them."""
+    limit = int(read_properties(ROOT / "config.properties")["max_request_size"])
+    loads = phase_loads(name, 0, "", pngs, 1)
+    largest = max(len(body) for phase in ("server_multi_image_64", "kserve_64_json")
+                  for body, _ in loads[phase][2])
+    if largest > limit:
+        raise BenchError(f"{name}: a 64-image JSON request of its images is {largest:,} bytes, over "
+                         f"config.properties' max_request_size ({limit:,}); use a smaller input size")
 
 
 def bench_config(workdir: Path, store: Path, names: list[str]) -> Path:
@@ -409,7 +431,10 @@ def markdown_report(results: dict, rounds: int, seconds: float, concurrency: int
              "batch_scorer_vs_raw_batch64 is in-process, measured once."]
     for name, result in results.items():
         req_per_s, p99 = (result["ratios"][f"server_vs_stock_{field}"] for field in ("req_per_s", "p99"))
-        part = (f"## {name}\n\nfp32 server vs the stock path at equal batching (batchSize 16): "
+        model = result.get("model")
+        heading = (f"{name}: {model['arch']} at {' x '.join(map(str, model['input_shape']))}, weights: "
+                   f"{model['weights']}" if model else name)
+        part = (f"## {heading}\n\nfp32 server vs the stock path at equal batching (batchSize 16): "
                 f"req/s {req_per_s['median']:.3g}x ({req_per_s['min']:.3g}..{req_per_s['max']:.3g}), "
                 f"p99 {p99['median']:.3g}x ({p99['min']:.3g}..{p99['max']:.3g}).\n\n"
                 f"{markdown_table(result['ratios'])}")
@@ -432,12 +457,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="interleaved rounds, at least 3 (even: as many forward as reversed)")
     parser.add_argument("--resnet-run-dir", default=None,
                         help="a trained ResNet-18 run, at its own size (default: random weights)")
-    parser.add_argument("--resnet-size", type=int, default=64,
-                        help="input side of the random-weight ImageNet ResNet-18, 32..128 (64 x 64 "
-                             "PNGs of noise: 64 of them fit TorchServe's max_request_size as JSON)")
+    parser.add_argument("--resnet-size", type=int, default=None,
+                        help=f"input side of the random-weight ImageNet ResNet-18, {MIN_RESNET_SIZE}.."
+                             f"{MAX_RESNET_SIZE} (default {DEFAULT_RESNET_SIZE})")
     args = parser.parse_args(argv)
     if args.rounds < 3:
         parser.error(f"--rounds must be at least 3 for a median and a spread, not {args.rounds}")
+    if args.resnet_size is not None and args.resnet_run_dir:
+        parser.error("--resnet-size is for the random-weight ResNet-18: a --resnet-run-dir has its own size")
+    args.resnet_size = DEFAULT_RESNET_SIZE if args.resnet_size is None else args.resnet_size
     if not MIN_RESNET_SIZE <= args.resnet_size <= MAX_RESNET_SIZE:
         parser.error(f"--resnet-size must be {MIN_RESNET_SIZE}..{MAX_RESNET_SIZE}, not {args.resnet_size}")
     return args
@@ -450,9 +478,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     store = workdir / "store"
     resnet = (Path(args.resnet_run_dir) if args.resnet_run_dir
-              else resnet_run(workdir / "resnet_run", args.resnet_size))
+              else resnet_run(workdir / RANDOM_RUN, args.resnet_size))
     runs = {"smallcnn": Path(args.run_dir), "resnet18": resnet}
-    results = {name: bench_model(name, run, workdir, store, args.seconds) for name, run in runs.items()}
+    try:
+        results = {name: bench_model(name, run, workdir, store, args.seconds) for name, run in runs.items()}
+    except BenchError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = bench_config(workdir, store, list(runs))
     env = {"TMPDIR": str(workdir)}
     try:

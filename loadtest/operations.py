@@ -39,9 +39,11 @@ WORKER = "model_service_worker"
 
 class Traffic(ClientThreads):
     """`clients` closed-loop keep-alive clients POSTing `body` until stopped; every request is
-    recorded as (sent, done, outcome, version): `sent` is when the whole request was written
-    (a request that failed before that counts as sent when it failed), outcome an HTTP status
-    (5xx with TorchServe's message, e.g. '500 Worker died.') or an exception name."""
+    recorded as (sent, done, outcome, version): `sent` is read once the whole request is
+    written (a request that failed before that counts as sent when it failed; a thread paused
+    between the write and the clock reads it late, so a request can only look sent later than
+    it was), outcome an HTTP status (5xx with TorchServe's message, e.g. '500 Worker died.') or
+    an exception name."""
 
     def __init__(self, server: dict, model: str, body: bytes, content_type: str = "image/png",
                  clients: int = CLIENTS):
@@ -54,13 +56,14 @@ class Traffic(ClientThreads):
         self.answered = [0] * clients  # 200s per client, each written by its own thread
 
     def wait_answered(self, timeout: float = 60) -> None:
-        """Until every client has had a 200: the server is answering this load (a fresh or
-        restarted worker on a busy machine can take seconds), so a drill starts from steady state."""
-        deadline = time.perf_counter() + timeout
-        while min(self.answered) == 0:
+        """Until every client has had a 200 since this call: the server is keeping up with this
+        load (a fresh or starved worker on a busy machine can take seconds), so what a drill does
+        next starts from steady state."""
+        before, deadline = list(self.answered), time.perf_counter() + timeout
+        while any(now == then for now, then in zip(self.answered, before)):
             if time.perf_counter() > deadline:
-                raise RuntimeError(f"{self.answered.count(0)} of {len(self.answered)} clients had "
-                                   f"no answer within {timeout:.0f} s")
+                waiting = sum(now == then for now, then in zip(self.answered, before))
+                raise RuntimeError(f"{waiting} of {len(before)} clients had no answer within {timeout:.0f} s")
             time.sleep(0.05)
 
     def client(self, index: int) -> None:
@@ -159,6 +162,7 @@ def stop_drill(workdir: Path, env: dict, server: dict, model: str, body: bytes,
     with Traffic(server, model, body) as traffic:
         traffic.wait_answered()
         time.sleep(before)
+        traffic.wait_answered()  # still keeping up just before the signal
         result = stop(workdir, env=env, timeout=timeout)
         time.sleep(0.5)
     records, signalled = traffic.records, result["signalled_at"]
@@ -238,18 +242,27 @@ def main() -> int:
     build_archive(onnx, model, "1", store, ort_threads=2)
     body = png_for(onnx)
     config = own_server_config(workdir, store, model)
-    results = {}
+    results, failed = {}, None
+    drills = {"worker kill": lambda: worker_kill_drill(server, env, model, body),
+              "rollout and rollback": lambda: rollout_drill(server, workdir, store, model, onnx, body),
+              "graceful stop": lambda: stop_drill(workdir, env, server, model, body)}
+    stage = "start"
     try:
         server = start(config, workdir, env=env, timeout=120)
-        results["worker kill"] = worker_kill_drill(server, env, model, body)
-        results["rollout and rollback"] = rollout_drill(server, workdir, store, model, onnx, body)
-        results["graceful stop"] = stop_drill(workdir, env, server, model, body)
+        for stage, drill in drills.items():
+            results[stage] = drill()
+    except (RuntimeError, TimeoutError) as exc:  # the server did not start, or stopped answering
+        failed = f"{stage}: {exc}"
     finally:
         stop(workdir, env=env)
     (out / "drills.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, out / "drills.png")
+    if results:
+        plot(results, out / "drills.png")
     for name, result in results.items():
         print(name, json.dumps({k: v for k, v in result.items() if k != "timeline"}))
+    if failed:
+        print(f"error: {failed} (the drills before it are in {out / 'drills.json'})", file=sys.stderr)
+        return 1
     print(f"wrote {out / 'drills.json'} and {out / 'drills.png'}")
     return 0
 

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from handlers.server import read_properties
 from loadtest import bench
 from rundir import RunDirectory
-from tests.conftest import ROOT
 
 # the ratios `make bench` reported before the rounds were interleaved (ratios(), front_ratios())
 EARLIER_RATIOS = {
@@ -129,15 +127,25 @@ def test_resnet_size_outside_its_range_is_one_line(size, capsys):
     assert err.count("\n") == 1 and f"--resnet-size must be 32..128, not {size}" in err
 
 
-def test_the_largest_resnet_size_keeps_64_noise_pngs_under_max_request_size():
+def noise_pngs(side: int) -> list[bytes]:
     rng = np.random.default_rng(0)
-    side = bench.MAX_RESNET_SIZE
-    pngs = [bench.png_bytes(rng.integers(0, 256, (3, side, side), dtype=np.uint8)) for _ in range(64)]
-    loads = bench.phase_loads("m", 1, "k", pngs, 8)
-    biggest = max(len(body) for phase in ("server_multi_image_64", "kserve_64_json")
-                  for body, _ in loads[phase][2])
-    limit = int(read_properties(ROOT / "config.properties")["max_request_size"])
-    assert 0.5 * limit < biggest < limit  # near the bound: a larger size would not fit
+    return [bench.png_bytes(rng.integers(0, 256, (3, side, side), dtype=np.uint8)) for _ in range(64)]
+
+
+def test_64_noise_pngs_fit_max_request_size_up_to_the_largest_size_and_160_px_is_refused():
+    bench.check_request_size("m", noise_pngs(bench.MAX_RESNET_SIZE))  # 4.2 MB of 6.5: no error
+    over = (r"^m: a 64-image JSON request of its images is 6,5\d\d,\d{3} bytes, over "
+            r"config.properties' max_request_size \(6,553,500\)")
+    with pytest.raises(bench.BenchError, match=over):
+        bench.check_request_size("m", noise_pngs(160))
+
+
+def test_resnet_size_with_a_trained_run_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--resnet-size", "64", "--resnet-run-dir", "runs/x"])
+    assert exit_info.value.code == 2
+    assert "a --resnet-run-dir has its own size" in capsys.readouterr().err
+    assert bench.parse_args(["--resnet-run-dir", "runs/x"]).resnet_size == bench.DEFAULT_RESNET_SIZE
 
 
 def test_random_weight_resnet_is_the_imagenet_backbone_at_the_size(tmp_path):
@@ -164,7 +172,10 @@ def test_markdown_report_has_the_headline_and_names_unsettled_warmups():
     result = {"ratios": bench.ratio_spreads(measured_rounds(), 1280.0, 1152.0),
               "warmup": {"server_single_image": {"settled": True}, "kserve_64": {"settled": False}}}
     report = bench.markdown_report({"smallcnn": result}, rounds=4, seconds=8.0, concurrency=8)
-    assert "## smallcnn" in report and "over 4 interleaved rounds" in report
+    assert "## smallcnn\n" in report and "over 4 interleaved rounds" in report
+    result["model"] = {"arch": "imagenet_resnet18", "input_shape": [3, 64, 64], "weights": "random"}
+    report = bench.markdown_report({"resnet18": result}, rounds=4, seconds=8.0, concurrency=8)
+    assert "## resnet18: imagenet_resnet18 at 3 x 64 x 64, weights: random\n" in report
     assert ("fp32 server vs the stock path at equal batching (batchSize 16): req/s 2x (2..4), "
             "p99 0.5x (0.25..1.5).") in report
     assert "Warm-up not settled within 20 s: kserve_64." in report

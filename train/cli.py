@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
         metrics = run(cfg)
     except UserError as exc:
-        # one write: print() writes the text and its newline apart, and under torchrun the
-        # ranks share one stderr, so two ranks' lines could interleave
+        # one write: on an unbuffered stderr (PYTHONUNBUFFERED, python -u) print() writes the text
+        # and its newline apart, and torchrun's ranks share one stderr: two lines interleaved
         sys.stderr.write(f"error: {exc}\n")
         sys.stderr.flush()
         shutdown()  # every rank raised the same error (torchrun): leave together
