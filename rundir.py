@@ -62,6 +62,25 @@ class Checkpoint:
 REQUIRED = [item.name for item in fields(Checkpoint) if item.default is MISSING]
 
 
+class ScaledPixels:
+    """images[indices] as float32 in [0, 1], converted a slice at a time: the test split of a
+    large folder run is never held as float32 (4x its uint8 size, or decoded all at once when
+    its files stream). `np.asarray` gives the whole array."""
+
+    def __init__(self, images, indices: np.ndarray):
+        self.images, self.indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        return np.asarray(self.images[self.indices[item]], dtype=np.float32) / 255
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        pixels = self[:]
+        return pixels if dtype is None else pixels.astype(dtype)
+
+
 class RunDirectory:
     """Paths and readers/writers of one run directory."""
 
@@ -180,16 +199,15 @@ class RunDirectory:
             raise RunDirError(f"{self.path}: no split.npz, and config.json / metrics.json do "
                               f"not describe the split ({type(exc).__name__}: {exc})") from None
 
-    def split_images(self, train_images: int | None = None) -> dict[str, np.ndarray]:
-        """The run's own train / test images (float [0, 1]) and test labels, from the dataset
-        its config names and the indices in split.npz; `train_images` keeps only the first
-        that many training images (int8 calibration needs a few hundred, not the whole set)."""
+    def split_images(self, train_images: int | None = None) -> dict:
+        """The run's own train images (float [0, 1]), test images (ScaledPixels: float [0, 1]
+        a slice at a time) and test labels, from the dataset its config names and the indices
+        in split.npz; `train_images` keeps only the first that many training images (int8
+        calibration needs a few hundred, not the whole set)."""
         split = self.read_split()
         data = self.dataset()
         labels = split.relabel(data.labels)
-
-        def pixels(idx: np.ndarray) -> np.ndarray:
-            return np.asarray(data.images[idx], dtype=np.float32) / 255
-
-        return {"train": pixels(split.train[:train_images]), "test_known": pixels(split.test_known),
-                "test_labels": labels[split.test_known], "test_unknown": pixels(split.test_unknown)}
+        return {"train": ScaledPixels(data.images, split.train[:train_images])[:],
+                "test_known": ScaledPixels(data.images, split.test_known),
+                "test_labels": labels[split.test_known],
+                "test_unknown": ScaledPixels(data.images, split.test_unknown)}

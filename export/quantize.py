@@ -71,6 +71,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Gemm", "MatMul"],
                         nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax)
+        # The calibrator holds every calibration batch's activations until the end. Its
+        # CalibMaxIntermediateOutputs option does not bound that: in onnxruntime 1.32 it drops
+        # the collected batches instead of merging their ranges (MinMaxCalibrater.collect_data),
+        # and fails with "No data is collected" when the batches are a multiple of it.
     source = onnx.load(str(fp32_path))
     quantized = onnx.load(str(int8_path))
     del quantized.metadata_props[:]

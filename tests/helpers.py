@@ -74,9 +74,10 @@ def onnx_model(path: Path) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
     return lambda images: dict(zip(names, session.run(names, {"images": images.numpy()})))
 
 
-def outputs(model: Callable, images: np.ndarray) -> dict[str, np.ndarray]:
+def outputs(model: Callable, images) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        return {name: np.asarray(value) for name, value in model(torch.from_numpy(images)).items()}
+        answer = model(torch.from_numpy(np.asarray(images)))
+        return {name: np.asarray(value) for name, value in answer.items()}
 
 
 def open_set_figures(model: Callable, run_dir: Path, threshold: float) -> dict:

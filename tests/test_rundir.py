@@ -9,7 +9,7 @@ from cli_errors import UserError
 from data.datasets import load_dataset
 from data.splits import open_set_split
 from models import build_classifier
-from rundir import Checkpoint, RunDirectory, RunDirError
+from rundir import Checkpoint, RunDirectory, RunDirError, ScaledPixels
 from tests.conftest import tiny_spec
 from train.config import SETTINGS, TrainConfig, from_flat
 from train.run import finished_run
@@ -61,6 +61,36 @@ def test_split_round_trip_and_the_images_it_selects(tmp_path):
     assert np.array_equal(images["test_known"], data.images[split.test_known] / np.float32(255))
     assert np.array_equal(images["test_labels"], split.relabel(data.labels)[split.test_known])
     assert len(images["test_unknown"]) == len(split.test_unknown) > 0
+
+
+class Recorded:
+    """uint8 images that record how many each read asks for."""
+
+    def __init__(self, images: np.ndarray):
+        self.images, self.reads = images, []
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        self.reads.append(len(indices))
+        return self.images[indices]
+
+
+def test_the_test_split_is_scaled_a_slice_at_a_time(runs):
+    from export.quantize import evaluate
+
+    data = load_dataset("digits")
+    recorded, indices = Recorded(data.images), np.arange(10, 310)
+    pixels = ScaledPixels(recorded, indices)
+    batch = pixels[100:164]
+    assert batch.dtype == np.float32 and recorded.reads == [64]
+    assert np.array_equal(batch, data.images[110:174] / np.float32(255))
+    assert len(pixels) == 300 and np.array_equal(np.asarray(pixels), data.images[10:310] / np.float32(255))
+    # the int8 gate's evaluation reads the test split batch by batch, never all of it at once
+    _, onnx, _ = runs["arpl"]
+    split = {"test_known": ScaledPixels(recorded, indices[:200]), "test_labels": data.labels[10:210] % 3,
+             "test_unknown": ScaledPixels(recorded, indices[200:])}
+    recorded.reads.clear()
+    figures = evaluate(onnx, split, batch_size=64)
+    assert recorded.reads == [64, 64, 64, 8, 64, 36] and 0 <= figures["closed_acc"] <= 1
 
 
 def test_a_run_without_split_npz_or_a_config_that_redraws_it_is_named(tmp_path):

@@ -163,7 +163,7 @@ def test_sla_run_reports_both_inference_modes(sla_run):
     aggregated = open_set_figures(lambda x: rotation_average(model, x), sla_run, ag["threshold"])
     assert {key: ag[key] for key in aggregated} == pytest.approx(aggregated, abs=1e-6)
     split = RunDirectory(sla_run).split_images()
-    images = torch.from_numpy(split["test_known"])
+    images = torch.from_numpy(np.asarray(split["test_known"]))
     with torch.no_grad():  # each view alone: its own N columns of the joint head
         views = [model(torch.rot90(images, j, dims=(2, 3)))["joint_logits"][:, j::4] for j in range(4)]
     expected = [float(np.mean(view.argmax(1).numpy() == split["test_labels"])) for view in views]
