@@ -25,6 +25,9 @@ from sklearn.metrics import roc_auc_score
 from handlers.contract import load_model
 
 
+# values per evaluation batch: 256 images up to 8,192 values each (3 x 52 x 52), 27 at 3 x 160
+# x 160, where 256 images made the peak of `export --int8` 2.1 GB and 32 made it 1.3 GB
+EVAL_VALUES = 2**21
 DETECTOR_SCOPE = "/detector/"  # torch.onnx names nodes by module path: /classifier/detector/...
 
 
@@ -37,10 +40,14 @@ class _Batches(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def evaluate(path: Path, split: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, float]:
+def evaluate(path: Path, split: dict, batch_size: int | None = None) -> dict[str, float]:
     """Closed-set accuracy and AUROC (unknown = positive) of one .onnx on the run's test split
-    (rundir.RunDirectory.split_images)."""
-    session, _ = load_model(path, providers=["CPUExecutionProvider"])
+    (rundir.RunDirectory.split_images), `batch_size` images per call (default: 256, fewer for
+    large inputs: onnxruntime's activation memory grows with the batch's pixels)."""
+    session, info = load_model(path, providers=["CPUExecutionProvider"])
+    if batch_size is None:
+        values = info.channels * info.height * info.width
+        batch_size = max(8, min(256, EVAL_VALUES // values))
 
     def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [session.run(["logits", "unknown_score"], {"images": images[i:i + batch_size]})

@@ -91,6 +91,9 @@ def test_the_test_split_is_scaled_a_slice_at_a_time(runs):
     recorded.reads.clear()
     figures = evaluate(onnx, split, batch_size=64)
     assert recorded.reads == [64, 64, 64, 8, 64, 36] and 0 <= figures["closed_acc"] <= 1
+    recorded.reads.clear()
+    assert evaluate(onnx, split) == figures  # 8 x 8 grey: the default batch is 256 images
+    assert recorded.reads == [200, 100]
 
 
 def test_a_run_without_split_npz_or_a_config_that_redraws_it_is_named(tmp_path):
