@@ -39,7 +39,7 @@ def int8_report(run_dir: Path, fp32: Path, int8: Path, args: argparse.Namespace)
     from rundir import RunDirectory
 
     split = RunDirectory(run_dir).split_images(train_images=args.calibration_images)
-    quantize_int8(fp32, int8, split["train"])
+    quantize_int8(fp32, int8, split.pop("train"))  # calibration only: not kept while evaluating
     scores = {"fp32": evaluate(fp32, split), "int8": evaluate(int8, split)}
     speed = throughput({"fp32": fp32, "int8": int8}, split["test_known"][:64])
     return {

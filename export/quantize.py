@@ -25,14 +25,24 @@ from sklearn.metrics import roc_auc_score
 from handlers.contract import load_model
 
 
-# values per evaluation batch: 256 images up to 8,192 values each (3 x 52 x 52), 27 at 3 x 160
-# x 160, where 256 images made the peak of `export --int8` 2.1 GB and 32 made it 1.3 GB
-EVAL_VALUES = 2**21
+# values per onnxruntime call of the int8 check: evaluation batches of 256 images up to 8,192
+# values each (the largest RGB square under it is 3 x 52 x 52), 27 at 3 x 160 x 160. On a 160 px
+# folder run, evaluating 256 images per call put the peak of `export --int8` at 2.1 GB, 27 at 1.3.
+BATCH_VALUES = 2**21
+
+
+def batch_size_for(values: int, most: int) -> int:
+    """Images per onnxruntime call for images of `values` values each: `most`, fewer for large
+    inputs (activation memory grows with the batch's pixels)."""
+    return max(8, min(most, BATCH_VALUES // values))
+
 DETECTOR_SCOPE = "/detector/"  # torch.onnx names nodes by module path: /classifier/detector/...
 
 
 class _Batches(CalibrationDataReader):
-    def __init__(self, images: np.ndarray, batch_size: int = 64):
+    def __init__(self, images: np.ndarray):
+        # the ranges are min/max over batches: the batch size does not change them
+        batch_size = batch_size_for(int(np.prod(images.shape[1:])), most=64)
         self._batches = iter([{"images": images[i:i + batch_size]}
                               for i in range(0, len(images), batch_size)])
 
@@ -46,8 +56,7 @@ def evaluate(path: Path, split: dict, batch_size: int | None = None) -> dict[str
     large inputs: onnxruntime's activation memory grows with the batch's pixels)."""
     session, info = load_model(path, providers=["CPUExecutionProvider"])
     if batch_size is None:
-        values = info.channels * info.height * info.width
-        batch_size = max(8, min(256, EVAL_VALUES // values))
+        batch_size = batch_size_for(info.channels * info.height * info.width, most=256)
 
     def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = [session.run(["logits", "unknown_score"], {"images": images[i:i + batch_size]})
@@ -78,10 +87,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Gemm", "MatMul"],
                         nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax)
-        # The calibrator holds every calibration batch's activations until the end. Its
-        # CalibMaxIntermediateOutputs option does not bound that: in onnxruntime 1.32 it drops
-        # the collected batches instead of merging their ranges (MinMaxCalibrater.collect_data),
-        # and fails with "No data is collected" when the batches are a multiple of it.
+        # Not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the collected batches'
+        # min/max outputs instead of merging them (MinMaxCalibrater.collect_data), so only the
+        # last batches would set the ranges ("No data is collected" when none are left).
     source = onnx.load(str(fp32_path))
     quantized = onnx.load(str(int8_path))
     del quantized.metadata_props[:]

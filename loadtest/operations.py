@@ -251,17 +251,19 @@ def main() -> int:
         server = start(config, workdir, env=env, timeout=120)
         for stage, drill in drills.items():
             results[stage] = drill()
-    except (RuntimeError, TimeoutError) as exc:  # the server did not start, or stopped answering
-        failed = f"{stage}: {exc}"
+    except Exception as exc:  # noqa: BLE001 (the server did not start, stopped answering, ...)
+        failed = f"{stage}: {type(exc).__name__}: {exc}"
     finally:
         stop(workdir, env=env)
     (out / "drills.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "drills.png").unlink(missing_ok=True)  # never beside another run's drills.json
     if results:
         plot(results, out / "drills.png")
     for name, result in results.items():
         print(name, json.dumps({k: v for k, v in result.items() if k != "timeline"}))
     if failed:
-        print(f"error: {failed} (the drills before it are in {out / 'drills.json'})", file=sys.stderr)
+        kept = f" (the drills before it are in {out / 'drills.json'})" if results else ""
+        print(f"error: {failed}{kept}", file=sys.stderr)
         return 1
     print(f"wrote {out / 'drills.json'} and {out / 'drills.png'}")
     return 0
